@@ -1,0 +1,38 @@
+"""Message passing for mpisim: the transports and the collectives written on them.
+
+Transports (one rank's endpoint; see :mod:`mpisim.comm.transport`):
+
+* :func:`mpi_transport` - real MPI through mpi4py's buffer calls, one process per rank.
+* :func:`run_simulated` - N ranks as threads of this process.
+
+Collectives, each ``f(transport, array, ...)`` and written only on send/recv/sendrecv:
+:func:`allreduce`, :func:`bcast`, :func:`reduce`, :func:`gather`, :func:`scatter`,
+:func:`allgather`, :func:`reduce_scatter`, :func:`barrier`.
+"""
+from ._common import DTYPES, OPS, set_consistency_check
+from .allgather import ALLGATHER_ALGORITHMS, allgather
+from .allreduce import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
+from .barrier import barrier
+from .reduce_scatter import REDUCE_SCATTER_ALGORITHMS, reduce_scatter
+from .rooted import BCAST_ALGORITHMS, bcast, gather, reduce, scatter
+from .sim import CommTimeout, DeadlockError, RankError, SimCluster, SimTransport, run_simulated
+from .transport import ANY_SOURCE, ANY_TAG, CommError, Request, Stats, Status, Transport
+
+
+def mpi_transport(comm=None, *, abort_on_error: bool = True):
+    """The MPI transport over a duplicate of ``comm`` (default ``MPI.COMM_WORLD``).
+
+    Imported lazily so that ``import mpisim.comm`` never initializes MPI by itself.
+    """
+    from .mpi import mpi_transport as _make
+
+    return _make(comm, abort_on_error=abort_on_error)
+
+
+__all__ = [
+    "ALLGATHER_ALGORITHMS", "ALLREDUCE_ALGORITHMS", "ANY_SOURCE", "ANY_TAG", "BCAST_ALGORITHMS",
+    "CommError", "CommTimeout", "DTYPES", "DeadlockError", "OPS", "REDUCE_SCATTER_ALGORITHMS",
+    "RankError", "Request", "SimCluster", "SimTransport", "Stats", "Status", "Transport",
+    "allgather", "allreduce", "barrier", "bcast", "choose_allreduce", "gather", "mpi_transport",
+    "reduce", "reduce_scatter", "run_simulated", "scatter", "set_consistency_check",
+]

@@ -1,0 +1,177 @@
+"""Shared pieces of the collectives: argument checks, reduction ops, block layouts, the fold.
+
+Everything here works on a flat working buffer ``w`` (1-D, contiguous) and element offsets:
+block ``b`` of ``w`` is ``w[offs[b]:offs[b + 1]]``. Blocks follow ``numpy.array_split``: the
+first ``n % p`` blocks hold one element more than the rest, so any length works, 0 and lengths
+below the rank count included (empty blocks travel as zero-byte messages).
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from .transport import Transport
+
+OPS = {"sum": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32), np.dtype(np.int64))
+
+# One tag per collective: messages of one collective never match those of another.
+TAG_CHECK, TAG_BCAST, TAG_REDUCE, TAG_GATHER, TAG_SCATTER = 101, 102, 103, 104, 105
+TAG_ALLGATHER, TAG_REDUCE_SCATTER, TAG_ALLREDUCE, TAG_BARRIER = 106, 107, 108, 109
+
+_check_default = os.environ.get("MPISIM_CHECK", "1") not in ("0", "false", "no", "off")
+
+
+def set_consistency_check(enabled: bool) -> bool:
+    """Switch the cross-rank argument check of every collective on or off; return the old value.
+
+    The check is one small recursive-doubling allreduce (ceil(log2 p) messages of 80 bytes)
+    that compares length, dtype, op, algorithm and root across ranks, so that a mismatch raises
+    the same ``ValueError`` on every rank instead of a hang or garbage. Also settable per call
+    (``check=False``) or for a whole run with ``MPISIM_CHECK=0``.
+    """
+    global _check_default
+    old, _check_default = _check_default, bool(enabled)
+    return old
+
+
+def block_offsets(n: int, p: int) -> np.ndarray:
+    """Offsets (p + 1) of ``numpy.array_split(range(n), p)``."""
+    q, r = divmod(n, p)
+    sizes = np.full(p, q, dtype=np.int64)
+    sizes[:r] += 1
+    offs = np.zeros(p + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offs[1:])
+    return offs
+
+
+def check_array(array: Any, name: str) -> np.ndarray:
+    """A supported, C-contiguous numpy array, or a TypeError/ValueError saying what is wrong."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(array).__name__}")
+    if array.dtype not in DTYPES:
+        raise TypeError(f"{name}: unsupported dtype {array.dtype}; supported: "
+                        + ", ".join(str(d) for d in DTYPES))
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name}: the array is not contiguous (strides {array.strides}, shape "
+                         f"{array.shape}); pass numpy.ascontiguousarray(array)")
+    return array
+
+
+def check_op(op: str, name: str):
+    if op not in OPS:
+        raise ValueError(f"{name}: unknown op {op!r}; choose one of {', '.join(OPS)}")
+    return OPS[op]
+
+
+def check_algorithm(algorithm: str, choices: Sequence[str], name: str) -> None:
+    if algorithm not in choices:
+        raise ValueError(f"{name}: unknown algorithm {algorithm!r}; choose one of {', '.join(choices)}")
+
+
+def check_root(root: Any, size: int, name: str) -> int:
+    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < size:
+        raise ValueError(f"{name}: root must be a rank in [0, {size}), got {root!r}")
+    return int(root)
+
+
+class Fold:
+    """MPICH's way of running a power-of-two algorithm on any p.
+
+    With p2 the largest power of two <= p and r = p - p2, the first 2r ranks pair up: each even
+    one hands its data to the odd one above it and sits out (``newrank == -1``); the other p2
+    ranks take ``newrank`` 0..p2-1 and run the power-of-two algorithm; at the end each odd rank
+    hands the result back to its even partner. Virtual rank k stands for the old blocks
+    ``blocks(k)``, so a virtual rank's data stays one contiguous range of the buffer.
+    """
+
+    def __init__(self, rank: int, size: int):
+        self.p2 = 1 << (size.bit_length() - 1)
+        self.r = size - self.p2
+        if rank < 2 * self.r:
+            self.newrank = -1 if rank % 2 == 0 else rank // 2
+        else:
+            self.newrank = rank - self.r
+        self.rank = rank
+
+    def old(self, newrank: int) -> int:
+        """The real rank that plays virtual rank ``newrank``."""
+        return 2 * newrank + 1 if newrank < self.r else newrank + self.r
+
+    def group_offsets(self, offs: np.ndarray) -> np.ndarray:
+        """Offsets of the p2 virtual ranks' ranges, given the p old blocks' offsets."""
+        first = [2 * k if k < self.r else k + self.r for k in range(self.p2)]
+        return np.append(offs[first], offs[-1])
+
+    @property
+    def extra(self) -> bool:
+        """True on a rank that sits out (an even rank below 2r)."""
+        return self.newrank == -1
+
+    @property
+    def folded(self) -> bool:
+        """True on a rank that has a partner sitting out (an odd rank below 2r)."""
+        return self.rank < 2 * self.r and not self.extra
+
+
+def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
+    """Recursive-doubling allreduce of ``w`` in place, with the fold for any p.
+
+    Both partners of an exchange compute ``ufunc(mine, theirs)``; the ops are commutative
+    bitwise in IEEE arithmetic, so every rank ends with bit-identical values.
+    """
+    if t.size == 1:
+        return
+    f = Fold(t.rank, t.size)
+    tmp = np.empty_like(w)
+    if f.extra:
+        t.send(w, t.rank + 1, tag)
+    elif f.folded:
+        t.recv(tmp, t.rank - 1, tag)
+        ufunc(w, tmp, out=w)
+    if not f.extra:
+        mask = 1
+        while mask < f.p2:
+            partner = f.old(f.newrank ^ mask)
+            t.sendrecv(w, partner, tmp, partner, tag, tag)
+            ufunc(w, tmp, out=w)
+            mask <<= 1
+    if f.extra:
+        t.recv(w, t.rank + 1, tag)
+    elif f.folded:
+        t.send(w, t.rank - 1, tag)
+
+
+_DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
+
+
+def consistency_check(t: Transport, name: str, check: bool | None, **fields: Any) -> None:
+    """Raise the same ValueError on every rank when ranks disagree on any of ``fields``.
+
+    ``fields`` maps a description to a value (int, dtype, or a string from a fixed set) that
+    must be equal on all ranks. One recursive-doubling allreduce (max) of the values and their
+    negations yields every field's maximum and minimum on every rank at once.
+    """
+    if t.size == 1 or not (_check_default if check is None else check):
+        return
+    codes = []
+    for key, value in fields.items():
+        if isinstance(value, np.dtype):
+            value = _DTYPE_CODE.get(value, -1)
+        elif isinstance(value, str):
+            value = zlib.crc32(value.encode())  # a code that is the same in every process
+        codes.append(int(value))
+    v = np.array(codes + [-c for c in codes], dtype=np.int64)
+    rd_allreduce(t, v, np.maximum, TAG_CHECK)
+    k = len(codes)
+    bad = [key for i, key in enumerate(fields) if v[i] != -v[k + i]]
+    if bad:
+        detail = "; ".join(
+            f"{key} differs (min {-v[k + list(fields).index(key)]}, max {v[list(fields).index(key)]})"
+            if key in ("length", "root") else f"{key} differs"
+            for key in bad)
+        raise ValueError(f"{name}: ranks passed inconsistent arguments: {detail} "
+                         f"(detected on rank {t.rank} of {t.size})")

@@ -1,0 +1,190 @@
+"""The MPI transport: mpi4py's buffer calls over a duplicated communicator.
+
+Only the uppercase, buffer-based calls are used (``Send``, ``Recv``, ``Sendrecv``, ``Isend``,
+``Irecv``): numpy arrays go to the wire as they are, with no pickling. The communicator is a
+duplicate of ``COMM_WORLD`` (or of the one given), so mpisim's messages never match a user's.
+
+:func:`mpi_transport` also installs an exception hook (as ``python -m mpi4py`` does): an
+uncaught exception on any rank prints the rank and the traceback, then calls ``MPI_Abort`` so
+the whole job ends with a non-zero exit instead of the other ranks waiting forever.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from .transport import ANY_SOURCE, ANY_TAG, CommError, Stats, Status, as_buffer, check_peer
+
+__all__ = ["MPITransport", "install_abort_hook", "mpi_transport"]
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:  # pragma: no cover - mpi4py is a hard dependency
+        raise ImportError("the MPI transport needs mpi4py: pip install mpi4py mpich") from exc
+    return MPI
+
+
+class _MPIRequest:
+    """Wraps an mpi4py request; counts the receive when it completes."""
+
+    __slots__ = ("transport", "req", "buf", "is_recv", "status", "result")
+
+    def __init__(self, transport: "MPITransport", req: Any, buf: np.ndarray, is_recv: bool):
+        self.transport, self.req, self.buf, self.is_recv = transport, req, buf, is_recv
+        self.status = _mpi().Status() if is_recv else None
+        self.result: Status | None = None
+
+    def _complete(self) -> Status | None:
+        if self.is_recv and self.result is None:
+            self.result = self.transport._received(self.buf, self.status)
+        return self.result
+
+    def wait(self) -> Status | None:
+        t0 = time.perf_counter()
+        if self.req is not None:
+            self.req.Wait(self.status)
+            self.req = None
+        self.transport.stats.comm_time += time.perf_counter() - t0
+        return self._complete()
+
+    def test(self) -> bool:
+        if self.req is None:
+            return True
+        if self.req.Test(self.status):
+            self.req = None
+            self._complete()
+            return True
+        return False
+
+
+class MPITransport:
+    """One MPI process's endpoint (see :class:`mpisim.comm.transport.Transport`)."""
+
+    def __init__(self, comm: Any):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.stats = Stats()
+
+    def __repr__(self) -> str:
+        return f"MPITransport(rank={self.rank}, size={self.size})"
+
+    def reset_stats(self) -> None:
+        self.stats = Stats()
+
+    def _src_tag(self, source: int, tag: int) -> tuple[int, int]:
+        MPI = _mpi()
+        check_peer(source, self.size, "source", allow_any=True)
+        return (MPI.ANY_SOURCE if source == ANY_SOURCE else source,
+                MPI.ANY_TAG if tag == ANY_TAG else tag)
+
+    def _sent(self, buf: np.ndarray) -> None:
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += buf.nbytes
+
+    def _received(self, buf: np.ndarray, status: Any) -> Status:
+        MPI = _mpi()
+        nbytes = status.Get_count(MPI.BYTE)
+        if nbytes != buf.nbytes:
+            raise CommError(f"rank {self.rank}: message from rank {status.Get_source()} "
+                            f"(tag {status.Get_tag()}) has {nbytes} bytes but the receive buffer "
+                            f"holds {buf.nbytes}")
+        self.stats.messages_received += 1
+        self.stats.bytes_received += nbytes
+        return Status(status.Get_source(), status.Get_tag(), nbytes)
+
+    @staticmethod
+    def _bytes(buf: np.ndarray) -> np.ndarray:
+        # A byte view: one datatype for every dtype, and a received size we can check exactly.
+        return buf.reshape(-1).view(np.uint8)
+
+    def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
+        as_buffer(buf, "send buffer")
+        check_peer(dest, self.size, "dest")
+        t0 = time.perf_counter()
+        self.comm.Send(self._bytes(buf), dest, tag)
+        self.stats.comm_time += time.perf_counter() - t0
+        self._sent(buf)
+
+    def recv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Status:
+        as_buffer(buf, "receive buffer")
+        src, tg = self._src_tag(source, tag)
+        status = _mpi().Status()
+        t0 = time.perf_counter()
+        self.comm.Recv(self._bytes(buf), src, tg, status)
+        self.stats.comm_time += time.perf_counter() - t0
+        return self._received(buf, status)
+
+    def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
+                 sendtag: int = 0, recvtag: int = ANY_TAG) -> Status:
+        as_buffer(sendbuf, "send buffer")
+        as_buffer(recvbuf, "receive buffer")
+        check_peer(dest, self.size, "dest")
+        src, tg = self._src_tag(source, recvtag)
+        status = _mpi().Status()
+        t0 = time.perf_counter()
+        self.comm.Sendrecv(self._bytes(sendbuf), dest, sendtag, self._bytes(recvbuf), src, tg, status)
+        self.stats.comm_time += time.perf_counter() - t0
+        self._sent(sendbuf)
+        return self._received(recvbuf, status)
+
+    def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _MPIRequest:
+        as_buffer(buf, "send buffer")
+        check_peer(dest, self.size, "dest")
+        t0 = time.perf_counter()
+        req = self.comm.Isend(self._bytes(buf), dest, tag)
+        self.stats.comm_time += time.perf_counter() - t0
+        self._sent(buf)
+        return _MPIRequest(self, req, buf, is_recv=False)
+
+    def irecv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> _MPIRequest:
+        as_buffer(buf, "receive buffer")
+        src, tg = self._src_tag(source, tag)
+        t0 = time.perf_counter()
+        req = self.comm.Irecv(self._bytes(buf), src, tg)
+        self.stats.comm_time += time.perf_counter() - t0
+        return _MPIRequest(self, req, buf, is_recv=True)
+
+
+_hook_installed = False
+
+
+def install_abort_hook() -> None:
+    """Make an uncaught exception on any rank abort the whole MPI job, naming the rank.
+
+    Only installed when there is more than one process: a single process exits by itself.
+    """
+    global _hook_installed
+    MPI = _mpi()
+    world = MPI.COMM_WORLD
+    if _hook_installed or world.Get_size() == 1:
+        return
+
+    def hook(etype, value, tb):
+        rank, size = world.Get_rank(), world.Get_size()
+        text = "".join(traceback.format_exception(etype, value, tb))
+        sys.stderr.write(f"mpisim: rank {rank} of {size} failed with {etype.__name__}: {value}\n{text}"
+                         f"mpisim: aborting the job (MPI_Abort) because rank {rank} failed\n")
+        sys.stderr.flush()
+        world.Abort(1)
+
+    sys.excepthook = hook
+    _hook_installed = True
+
+
+def mpi_transport(comm: Any = None, *, abort_on_error: bool = True) -> MPITransport:
+    """The MPI transport over a duplicate of ``comm`` (``MPI.COMM_WORLD`` when None).
+
+    With ``abort_on_error`` (the default) an uncaught exception on any rank aborts the job.
+    """
+    MPI = _mpi()
+    base = MPI.COMM_WORLD if comm is None else comm
+    if abort_on_error:
+        install_abort_hook()
+    return MPITransport(base.Dup())

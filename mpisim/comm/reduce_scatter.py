@@ -1,0 +1,112 @@
+"""Reduce-scatter: ring and recursive halving (the non-power-of-two case by MPICH's fold).
+
+Rank r receives block r of the reduced array, with blocks cut as ``numpy.array_split`` cuts
+the flattened array into p parts.
+
+Ring: p - 1 steps; in each, every rank sends one partial block to its right neighbour and adds
+the block coming from its left into its own copy. Each rank sends (p-1)/p of the data in p - 1
+messages, and every block is reduced along one chain, so the result is the same on any run.
+
+Recursive halving (power of two): log2 p steps; in step k a rank keeps half of its current
+range, sends the other half to the rank p/2**(k+1) away and adds what that rank sends back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import (
+    TAG_REDUCE_SCATTER,
+    Fold,
+    block_offsets,
+    check_algorithm,
+    check_array,
+    check_op,
+    consistency_check,
+)
+from .transport import Transport
+
+__all__ = ["REDUCE_SCATTER_ALGORITHMS", "reduce_scatter"]
+
+REDUCE_SCATTER_ALGORITHMS = ("auto", "ring", "recursive_halving")
+
+# MPICH's default (MPIR_CVAR_REDSCAT_COMMUTATIVE_LONG_MSG_SIZE): recursive halving below
+# 512 KiB in all, pairwise exchange above (the ring here plays that part: same bytes, p-1 steps).
+REDSCAT_LONG_MSG = 524288
+
+
+def ring_reduce_scatter(t: Transport, w: np.ndarray, offs: np.ndarray, ufunc, tag: int) -> None:
+    """Ring reduce-scatter in place: afterwards block r of ``w`` is fully reduced on rank r."""
+    p, r = t.size, t.rank
+    right, left = (r + 1) % p, (r - 1) % p
+    tmp = np.empty(int(np.max(np.diff(offs))) if p else 0, dtype=w.dtype)
+    for s in range(p - 1):
+        sb = (r - s - 1) % p
+        rb = (r - s - 2) % p
+        lo, hi = offs[rb], offs[rb + 1]
+        part = tmp[:hi - lo]
+        t.sendrecv(w[offs[sb]:offs[sb + 1]], right, part, left, tag, tag)
+        ufunc(w[lo:hi], part, out=w[lo:hi])
+
+
+def halving_groups(t: Transport, w: np.ndarray, gofs: np.ndarray, f: Fold, ufunc, tag: int) -> None:
+    """The power-of-two core: afterwards virtual rank k holds range k of ``gofs`` reduced."""
+    k = f.newrank
+    lo, hi = 0, f.p2
+    half = f.p2 // 2  # the first step keeps the larger piece; later ones keep parts of it
+    tmp = np.empty(int(max(gofs[half] - gofs[0], gofs[-1] - gofs[half])), dtype=w.dtype)
+    mask = f.p2 >> 1
+    while mask > 0:
+        mid = (lo + hi) // 2
+        if k & mask:
+            keep, give = (mid, hi), (lo, mid)
+        else:
+            keep, give = (lo, mid), (mid, hi)
+        peer = f.old(k ^ mask)
+        a, b = gofs[keep[0]], gofs[keep[1]]
+        part = tmp[:b - a]
+        t.sendrecv(w[gofs[give[0]]:gofs[give[1]]], peer, part, peer, tag, tag)
+        ufunc(w[a:b], part, out=w[a:b])
+        lo, hi = keep
+        mask >>= 1
+
+
+def halving_reduce_scatter(t: Transport, w: np.ndarray, offs: np.ndarray, ufunc, tag: int) -> None:
+    """Recursive-halving reduce-scatter in place, any p: block r of ``w`` reduced on rank r."""
+    p, r = t.size, t.rank
+    if p == 1:
+        return
+    f = Fold(r, p)
+    if f.extra:
+        t.send(w, r + 1, tag)
+    elif f.folded:
+        tmp = np.empty_like(w)
+        t.recv(tmp, r - 1, tag)
+        ufunc(w, tmp, out=w)
+    if not f.extra:
+        halving_groups(t, w, f.group_offsets(offs), f, ufunc, tag)
+    # a folded rank reduced its partner's block too: hand it over
+    if f.extra:
+        t.recv(w[offs[r]:offs[r + 1]], r + 1, tag)
+    elif f.folded:
+        t.send(w[offs[r - 1]:offs[r]], r - 1, tag)
+
+
+def reduce_scatter(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str = "auto", *,
+                   check: bool | None = None) -> np.ndarray:
+    """Block ``rank`` of the reduction of all ranks' arrays (1-D, ``numpy.array_split`` blocks)."""
+    name = "reduce_scatter"
+    check_array(array, name)
+    ufunc = check_op(op, name)
+    check_algorithm(algorithm, REDUCE_SCATTER_ALGORITHMS, name)
+    consistency_check(t, name, check, length=array.size, dtype=array.dtype, op=op, algorithm=algorithm)
+    p, r = t.size, t.rank
+    w = array.reshape(-1).copy()
+    offs = block_offsets(w.size, p)
+    if p > 1:
+        if algorithm == "auto":
+            algorithm = "recursive_halving" if w.nbytes < REDSCAT_LONG_MSG else "ring"
+        if algorithm == "ring":
+            ring_reduce_scatter(t, w, offs, ufunc, TAG_REDUCE_SCATTER)
+        else:
+            halving_reduce_scatter(t, w, offs, ufunc, TAG_REDUCE_SCATTER)
+    return w[offs[r]:offs[r + 1]].copy()

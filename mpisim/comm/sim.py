@@ -1,0 +1,344 @@
+"""The simulated transport: N ranks as N threads of one process.
+
+Each rank is a thread; messages travel through per-pair queues with MPI's semantics: a send
+copies the buffer before it returns (the sender may reuse it at once), messages from one sender
+with one tag arrive in order, and receives posted first are matched first. Matching follows
+MPI's two lists: a send first looks for a posted receive, otherwise the message waits in the
+receiver's unexpected queue for the sender.
+
+Failure is never a hang: an exception on any rank aborts every other rank (their blocked
+receives raise) and :func:`run_simulated` re-raises it as :class:`RankError` naming the rank;
+when every live rank is blocked in a receive nobody can satisfy, that is a deadlock and is
+reported at once with what each rank waits for; a rank blocked longer than ``timeout`` seconds
+(another rank stuck computing, say) is reported as a :class:`CommTimeout`.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .transport import (
+    ANY_SOURCE,
+    ANY_TAG,
+    CommError,
+    Stats,
+    Status,
+    as_buffer,
+    check_peer,
+)
+
+__all__ = ["CommTimeout", "DeadlockError", "RankError", "SimCluster", "SimTransport", "run_simulated"]
+
+DEFAULT_TIMEOUT = float(os.environ.get("MPISIM_SIM_TIMEOUT", "60"))
+ABORT_GRACE = 2.0  # seconds a failed run waits for the other ranks to stop
+
+
+class RankError(RuntimeError):
+    """An exception raised on one simulated rank; ``rank`` and ``exc`` say which and what."""
+
+    def __init__(self, rank: int, size: int, exc: BaseException):
+        super().__init__(f"simulated rank {rank} of {size} raised {type(exc).__name__}: {exc}")
+        self.rank, self.size, self.exc = rank, size, exc
+
+
+class DeadlockError(CommError):
+    """Every live rank is blocked in a receive that no rank can satisfy."""
+
+
+class CommTimeout(CommError, TimeoutError):
+    """A rank stayed blocked in a receive for longer than the cluster's timeout."""
+
+
+class _Aborted(Exception):
+    """Raised inside a rank's blocked call when another rank failed; never reported."""
+
+
+def _payload(buf: np.ndarray) -> np.ndarray:
+    return buf.reshape(-1).view(np.uint8)
+
+
+def _matches(want_src: int, want_tag: int, src: int, tag: int) -> bool:
+    return (want_src == ANY_SOURCE or want_src == src) and (want_tag == ANY_TAG or want_tag == tag)
+
+
+class _Recv:
+    """A posted receive (the request behind irecv and recv)."""
+
+    __slots__ = ("owner", "buf", "source", "tag", "done", "data", "src", "msg_tag", "stamp", "copied")
+
+    def __init__(self, owner: "SimTransport", buf: np.ndarray, source: int, tag: int):
+        self.owner, self.buf, self.source, self.tag = owner, buf, source, tag
+        self.done = False
+        self.data: np.ndarray | None = None  # set when the message is matched but not yet copied
+        self.src = self.msg_tag = self.stamp = -1
+        self.copied = False  # the sender wrote straight into buf
+
+    def test(self) -> bool:
+        return self.done
+
+    def wait(self) -> Status:
+        return self.owner._wait(self)
+
+
+class _Sent:
+    """An isend: the payload was copied when it was posted, so it is already complete."""
+
+    def test(self) -> bool:
+        return True
+
+    def wait(self) -> None:
+        return None
+
+
+_SENT = _Sent()
+
+
+class SimCluster:
+    """Shared state of N simulated ranks: queues, posted receives, failure and deadlock watch."""
+
+    def __init__(self, size: int, *, timeout: float | None = None):
+        if not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"a simulated cluster needs at least 1 rank, got {size!r}")
+        self.size = int(size)
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        self.lock = threading.Lock()
+        self.cond = [threading.Condition(self.lock) for _ in range(self.size)]
+        # unexpected[dest][src]: messages (tag, payload, stamp) that arrived before their receive
+        self.unexpected = [[collections.deque() for _ in range(self.size)] for _ in range(self.size)]
+        self.arrival = [[collections.deque() for _ in range(self.size)] for _ in range(self.size)]
+        self.seq = 0
+        self.posted: list[list[_Recv]] = [[] for _ in range(self.size)]
+        self.waiting: dict[int, _Recv] = {}
+        self.finished: set[int] = set()
+        self.failed: tuple[int, BaseException] | None = None
+        self.transports = [SimTransport(self, r) for r in range(self.size)]
+
+    # -- failure handling (lock held) -------------------------------------------------------
+    def _abort(self, rank: int, exc: BaseException) -> None:
+        if self.failed is None:
+            self.failed = (rank, exc)
+        for c in self.cond:
+            c.notify_all()
+
+    def _check_deadlock(self) -> None:
+        if self.waiting and len(self.waiting) + len(self.finished) == self.size:
+            parts = []
+            for r in sorted(self.waiting):
+                w = self.waiting[r]
+                src = "any rank" if w.source == ANY_SOURCE else f"rank {w.source}"
+                tag = "any tag" if w.tag == ANY_TAG else f"tag {w.tag}"
+                parts.append(f"rank {r} waits for {src} ({tag}, {w.buf.nbytes} bytes)")
+            if self.finished:
+                parts.append(f"ranks {sorted(self.finished)} have returned")
+            exc = DeadlockError("deadlock among simulated ranks: " + "; ".join(parts))
+            self._abort(min(self.waiting), exc)
+            raise exc
+
+    def fail(self, rank: int, exc: BaseException) -> None:
+        with self.lock:
+            self._abort(rank, exc)
+
+    def finish(self, rank: int) -> None:
+        with self.lock:
+            self.finished.add(rank)
+            if self.failed is None:
+                try:
+                    self._check_deadlock()
+                except DeadlockError:
+                    pass  # recorded in self.failed; the waiting ranks are woken and abort
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``fn(transport, *args, **kwargs)`` on every rank; return the per-rank results."""
+        results: list[Any] = [None] * self.size
+
+        def body(rank: int) -> None:
+            try:
+                results[rank] = fn(self.transports[rank], *args, **kwargs)
+            except _Aborted:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - any failure must stop the others
+                self.fail(rank, exc)
+            finally:
+                self.finish(rank)
+
+        if self.size == 1:
+            body(0)
+        else:
+            threads = [threading.Thread(target=body, args=(r,), name=f"mpisim-rank-{r}", daemon=True)
+                       for r in range(self.size)]
+            for t in threads:
+                t.start()
+            grace_end = None
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.05)
+                    if self.failed is not None:
+                        # Blocked ranks wake and abort at once; a rank busy computing cannot be
+                        # stopped, so it is left behind (daemon thread) after a short grace.
+                        grace_end = grace_end or time.monotonic() + ABORT_GRACE
+                        if time.monotonic() > grace_end:
+                            break
+        if self.failed is not None:
+            rank, exc = self.failed
+            if isinstance(exc, (DeadlockError, CommTimeout)):  # about the cluster, not one rank
+                raise exc
+            raise RankError(rank, self.size, exc) from exc
+        return results
+
+
+class SimTransport:
+    """One simulated rank's endpoint (see :class:`mpisim.comm.transport.Transport`)."""
+
+    def __init__(self, cluster: SimCluster, rank: int):
+        self.cluster = cluster
+        self.rank = rank
+        self.size = cluster.size
+        self.stats = Stats()
+
+    def reset_stats(self) -> None:
+        self.stats = Stats()
+
+    def __repr__(self) -> str:
+        return f"SimTransport(rank={self.rank}, size={self.size})"
+
+    # -- sending ------------------------------------------------------------------------------
+    def _post_send(self, buf: np.ndarray, dest: int, tag: int) -> None:
+        as_buffer(buf, "send buffer")
+        check_peer(dest, self.size, "dest")
+        if tag < 0:
+            raise ValueError(f"send tag must be >= 0, got {tag}")
+        cl = self.cluster
+        data = _payload(buf)
+        nbytes = data.nbytes
+        self.stats.rounds += 1
+        stamp = self.stats.rounds
+        direct: _Recv | None = None
+        with cl.lock:
+            if cl.failed is not None:
+                raise _Aborted()
+            for i, r in enumerate(cl.posted[dest]):
+                if _matches(r.source, r.tag, self.rank, tag):
+                    direct = cl.posted[dest].pop(i)
+                    break
+            if direct is None:
+                cl.unexpected[dest][self.rank].append((tag, data.copy(), stamp))
+                cl.arrival[dest][self.rank].append(cl.seq)
+                cl.seq += 1
+        if direct is not None:
+            if direct.buf.nbytes == nbytes:
+                _payload(direct.buf)[...] = data
+                direct.copied = True
+            else:
+                direct.data = data.copy()  # the receiver reports the size mismatch
+            with cl.lock:
+                direct.src, direct.msg_tag, direct.stamp, direct.done = self.rank, tag, stamp, True
+                cl.waiting.pop(dest, None)
+                cl.cond[dest].notify_all()
+        self.stats.messages_sent += 1
+        self.stats.bytes_sent += nbytes
+
+    def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
+        t0 = time.perf_counter()
+        self._post_send(buf, dest, tag)
+        self.stats.comm_time += time.perf_counter() - t0
+
+    def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _Sent:
+        self.send(buf, dest, tag)
+        return _SENT
+
+    # -- receiving ----------------------------------------------------------------------------
+    def irecv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> _Recv:
+        as_buffer(buf, "receive buffer")
+        check_peer(source, self.size, "source", allow_any=True)
+        t0 = time.perf_counter()
+        req = _Recv(self, buf, source, tag)
+        cl = self.cluster
+        with cl.lock:
+            if cl.failed is not None:
+                raise _Aborted()
+            found = self._take_unexpected(source, tag)
+            if found is None:
+                cl.posted[self.rank].append(req)
+            else:
+                req.src, (req.msg_tag, req.data, req.stamp) = found
+                req.done = True
+        self.stats.comm_time += time.perf_counter() - t0
+        return req
+
+    def _take_unexpected(self, source: int, tag: int) -> tuple[int, tuple] | None:
+        """Remove and return (src, message) of the earliest matching unexpected message."""
+        cl = self.cluster
+        box, arr = cl.unexpected[self.rank], cl.arrival[self.rank]
+        best = None
+        for src in (range(self.size) if source == ANY_SOURCE else (source,)):
+            for i, msg in enumerate(box[src]):
+                if tag == ANY_TAG or msg[0] == tag:
+                    if best is None or arr[src][i] < best[2]:
+                        best = (src, i, arr[src][i])
+                    break
+        if best is None:
+            return None
+        src, i, _ = best
+        msg = box[src][i]
+        del box[src][i]
+        del arr[src][i]
+        return src, msg
+
+    def _wait(self, req: _Recv) -> Status:
+        cl = self.cluster
+        t0 = time.perf_counter()
+        with cl.lock:
+            deadline = time.monotonic() + cl.timeout
+            while not req.done:
+                if cl.failed is not None:
+                    raise _Aborted()
+                cl.waiting[self.rank] = req
+                cl._check_deadlock()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    src = "any rank" if req.source == ANY_SOURCE else f"rank {req.source}"
+                    exc = CommTimeout(f"simulated rank {self.rank} blocked for {cl.timeout:g} s "
+                                      f"waiting for a message from {src} (tag {req.tag})")
+                    cl.waiting.pop(self.rank, None)
+                    cl._abort(self.rank, exc)
+                    raise exc
+                cl.cond[self.rank].wait(left)
+            cl.waiting.pop(self.rank, None)
+        if not req.copied:
+            nbytes = req.data.nbytes
+            if nbytes != req.buf.nbytes:
+                raise CommError(f"rank {self.rank}: message from rank {req.src} (tag {req.msg_tag}) "
+                                f"has {nbytes} bytes but the receive buffer holds {req.buf.nbytes}")
+            _payload(req.buf)[...] = req.data
+            req.data = None
+            req.copied = True
+        self.stats.messages_received += 1
+        self.stats.bytes_received += req.buf.nbytes
+        self.stats.rounds = max(self.stats.rounds, req.stamp)
+        self.stats.comm_time += time.perf_counter() - t0
+        return Status(req.src, req.msg_tag, req.buf.nbytes)
+
+    def recv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Status:
+        return self.irecv(buf, source, tag).wait()
+
+    def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
+                 sendtag: int = 0, recvtag: int = ANY_TAG) -> Status:
+        req = self.irecv(recvbuf, source, recvtag)
+        self.send(sendbuf, dest, sendtag)
+        return req.wait()
+
+
+def run_simulated(n: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+    """Run ``fn(transport, *args, **kwargs)`` on ``n`` simulated ranks; return per-rank results.
+
+    An exception on a rank is re-raised as :class:`RankError` (``.rank``, ``.exc``); a deadlock
+    as :class:`DeadlockError`; a receive blocked for ``MPISIM_SIM_TIMEOUT`` seconds (default 60)
+    as :class:`CommTimeout`. Use :class:`SimCluster` directly to set the timeout per run.
+    """
+    return SimCluster(n).run(fn, *args, **kwargs)
