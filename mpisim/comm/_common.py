@@ -8,6 +8,7 @@ below the rank count included (empty blocks travel as zero-byte messages).
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from typing import Any, Sequence
 
@@ -38,14 +39,35 @@ def set_consistency_check(enabled: bool) -> bool:
     return old
 
 
-def block_offsets(n: int, p: int) -> np.ndarray:
-    """Offsets (p + 1) of ``numpy.array_split(range(n), p)``."""
+def block_offsets(n: int, p: int) -> list[int]:
+    """Offsets (p + 1 ints) of ``numpy.array_split(range(n), p)``."""
     q, r = divmod(n, p)
-    sizes = np.full(p, q, dtype=np.int64)
-    sizes[:r] += 1
-    offs = np.zeros(p + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offs[1:])
-    return offs
+    return [b * q + min(b, r) for b in range(p + 1)]
+
+
+def equal_offsets(m: int, p: int) -> list[int]:
+    """Offsets of p blocks of m elements each."""
+    return [b * m for b in range(p + 1)]
+
+
+_scratch = threading.local()
+
+
+def scratch(n: int, dtype: np.dtype, slot: int = 0) -> np.ndarray:
+    """A reusable temporary array of ``n`` elements (per thread and slot; contents undefined).
+
+    Collectives receive partial results into it before reducing them. Reusing one buffer per
+    thread avoids a fresh allocation, and the page faults of first touch, on every call.
+    """
+    dtype = np.dtype(dtype)
+    pool = getattr(_scratch, "pool", None)
+    if pool is None:
+        pool = _scratch.pool = {}
+    nbytes = n * dtype.itemsize
+    buf = pool.get(slot)
+    if buf is None or buf.nbytes < nbytes:
+        buf = pool[slot] = np.empty(max(nbytes, 64), dtype=np.uint8)
+    return buf[:nbytes].view(dtype)
 
 
 def check_array(array: Any, name: str) -> np.ndarray:
@@ -101,10 +123,9 @@ class Fold:
         """The real rank that plays virtual rank ``newrank``."""
         return 2 * newrank + 1 if newrank < self.r else newrank + self.r
 
-    def group_offsets(self, offs: np.ndarray) -> np.ndarray:
+    def group_offsets(self, offs: list[int]) -> list[int]:
         """Offsets of the p2 virtual ranks' ranges, given the p old blocks' offsets."""
-        first = [2 * k if k < self.r else k + self.r for k in range(self.p2)]
-        return np.append(offs[first], offs[-1])
+        return [offs[2 * k if k < self.r else k + self.r] for k in range(self.p2)] + [offs[-1]]
 
     @property
     def extra(self) -> bool:
@@ -117,27 +138,34 @@ class Fold:
         return self.rank < 2 * self.r and not self.extra
 
 
-def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
-    """Recursive-doubling allreduce of ``w`` in place, with the fold for any p.
+def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray | None = None) -> None:
+    """Recursive-doubling allreduce into ``w``, with the fold for any p.
 
-    Both partners of an exchange compute ``ufunc(mine, theirs)``; the ops are commutative
-    bitwise in IEEE arithmetic, so every rank ends with bit-identical values.
+    ``src`` is this rank's input (default: ``w`` itself, reduced in place); it is only read, and
+    the first reduction writes ``w``, so no copy of the input is needed. Both partners of an
+    exchange compute ``ufunc(mine, theirs)``; the ops are commutative bitwise in IEEE
+    arithmetic, so every rank ends with bit-identical values.
     """
+    src = w if src is None else src
     if t.size == 1:
+        if src is not w:
+            np.copyto(w, src)
         return
     f = Fold(t.rank, t.size)
-    tmp = np.empty_like(w)
+    tmp = scratch(w.size, w.dtype, slot=1 if tag == TAG_CHECK else 0)
     if f.extra:
-        t.send(w, t.rank + 1, tag)
+        t.send(src, t.rank + 1, tag)
     elif f.folded:
         t.recv(tmp, t.rank - 1, tag)
-        ufunc(w, tmp, out=w)
+        ufunc(src, tmp, out=w)
+        src = w
     if not f.extra:
         mask = 1
         while mask < f.p2:
             partner = f.old(f.newrank ^ mask)
-            t.sendrecv(w, partner, tmp, partner, tag, tag)
-            ufunc(w, tmp, out=w)
+            t.sendrecv(src, partner, tmp, partner, tag, tag)
+            ufunc(src, tmp, out=w)
+            src = w
             mask <<= 1
     if f.extra:
         t.recv(w, t.rank + 1, tag)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import TAG_ALLGATHER, Fold, check_algorithm, check_array, consistency_check
+from ._common import TAG_ALLGATHER, Fold, check_algorithm, equal_offsets, check_array, consistency_check
 from .transport import Transport
 
 __all__ = ["ALLGATHER_ALGORITHMS", "allgather"]
@@ -25,7 +25,7 @@ ALLGATHER_SHORT_MSG = 81920
 ALLGATHER_LONG_MSG = 524288
 
 
-def ring_allgather(t: Transport, w: np.ndarray, offs: np.ndarray, tag: int, shift: int = 0) -> None:
+def ring_allgather(t: Transport, w: np.ndarray, offs: list[int], tag: int, shift: int = 0) -> None:
     """Ring allgather in place; before, rank r holds block (r - shift) % p of ``w``."""
     p, r = t.size, t.rank
     right, left = (r + 1) % p, (r - 1) % p
@@ -35,7 +35,7 @@ def ring_allgather(t: Transport, w: np.ndarray, offs: np.ndarray, tag: int, shif
         t.sendrecv(w[offs[sb]:offs[sb + 1]], right, w[offs[rb]:offs[rb + 1]], left, tag, tag)
 
 
-def rd_allgather(t: Transport, w: np.ndarray, offs: np.ndarray, tag: int) -> None:
+def rd_allgather(t: Transport, w: np.ndarray, offs: list[int], tag: int) -> None:
     """Recursive-doubling allgather in place; before, rank r holds block r of ``w``."""
     p, r = t.size, t.rank
     if p == 1:
@@ -54,7 +54,7 @@ def rd_allgather(t: Transport, w: np.ndarray, offs: np.ndarray, tag: int) -> Non
         t.send(w, r - 1, tag)
 
 
-def rd_allgather_groups(t: Transport, w: np.ndarray, gofs: np.ndarray, f: Fold, tag: int) -> None:
+def rd_allgather_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, tag: int) -> None:
     """The power-of-two core: virtual rank k holds range k of ``gofs``; after, all ranges."""
     k = f.newrank
     mask = 1
@@ -85,7 +85,7 @@ def allgather(t: Transport, array: np.ndarray, algorithm: str = "auto", *,
         pow2 = p & (p - 1) == 0
         short = total < (ALLGATHER_LONG_MSG if pow2 else ALLGATHER_SHORT_MSG)
         algorithm = "recursive_doubling" if short else "ring"
-    offs = np.arange(p + 1, dtype=np.int64) * m
+    offs = equal_offsets(m, p)
     if algorithm == "ring":
         ring_allgather(t, w, offs, TAG_ALLGATHER)
     else:

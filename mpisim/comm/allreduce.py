@@ -29,6 +29,7 @@ from ._common import (
     check_op,
     consistency_check,
     rd_allreduce,
+    scratch,
 )
 from .allgather import rd_allgather_groups, ring_allgather
 from .reduce_scatter import halving_groups, ring_reduce_scatter
@@ -54,10 +55,11 @@ def choose_allreduce(nbytes: int, count: int, size: int) -> str:
     return "rabenseifner"
 
 
-def _naive(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
+def _naive(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
     # Linear: rank 0 receives from 1, 2, ..., p-1 in order, reduces, and sends the result to each.
+    np.copyto(w, src)
     if t.rank == 0:
-        tmp = np.empty_like(w)
+        tmp = scratch(w.size, w.dtype)
         for src in range(1, t.size):
             t.recv(tmp, src, tag)
             ufunc(w, tmp, out=w)
@@ -68,30 +70,32 @@ def _naive(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
         t.recv(w, 0, tag)
 
 
-def _tree(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
+def _tree(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
+    np.copyto(w, src)
     binomial_reduce(t, w, ufunc, 0, tag)
     binomial_bcast(t, w, 0, tag)
 
 
-def _ring(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
+def _ring(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
     offs = block_offsets(w.size, t.size)
-    ring_reduce_scatter(t, w, offs, ufunc, tag)
+    ring_reduce_scatter(t, w, offs, ufunc, tag, src)
     ring_allgather(t, w, offs, tag)
 
 
-def _rabenseifner(t: Transport, w: np.ndarray, ufunc, tag: int) -> None:
+def _rabenseifner(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
     r = t.rank
     f = Fold(r, t.size)
     if f.extra:
-        t.send(w, r + 1, tag)
+        t.send(src, r + 1, tag)
         t.recv(w, r + 1, tag)
         return
     if f.folded:
-        tmp = np.empty_like(w)
+        tmp = scratch(w.size, w.dtype)
         t.recv(tmp, r - 1, tag)
-        ufunc(w, tmp, out=w)
+        ufunc(src, tmp, out=w)
+        src = w
     gofs = block_offsets(w.size, f.p2)  # the p2 virtual ranks split the vector evenly
-    halving_groups(t, w, gofs, f, ufunc, tag)
+    halving_groups(t, w, gofs, f, ufunc, tag, src)
     rd_allgather_groups(t, w, gofs, f, tag)
     if f.folded:
         t.send(w, r - 1, tag)
@@ -107,21 +111,35 @@ _ALGORITHMS = {
 
 
 def allreduce(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str = "auto", *,
-              check: bool | None = None) -> np.ndarray:
+              out: np.ndarray | None = None, check: bool | None = None) -> np.ndarray:
     """The element-wise reduction (``op``: sum, prod, max, min) of every rank's array, on every rank.
 
-    The input is not modified; the result has its shape and dtype. All ranks must pass arrays of
-    the same size and dtype and the same op and algorithm (checked unless ``check=False``).
+    The result has the input's shape and dtype and is written to ``out`` when given (same shape
+    and dtype; ``out=array`` reduces in place, like ``MPI_IN_PLACE``), else to a new array; the
+    input is otherwise not modified. All ranks must pass arrays of the same size and dtype and
+    the same op and algorithm (checked unless ``check=False``).
     """
     name = "allreduce"
     check_array(array, name)
     ufunc = check_op(op, name)
     check_algorithm(algorithm, ALLREDUCE_ALGORITHMS, name)
+    if out is not None:
+        check_array(out, name + " out")
+        if out.shape != array.shape or out.dtype != array.dtype:
+            raise ValueError(f"{name}: out has shape {out.shape} and dtype {out.dtype}, the input "
+                             f"{array.shape} and {array.dtype}")
+        same = out.__array_interface__["data"][0] == array.__array_interface__["data"][0]
+        if not same and np.shares_memory(out, array):
+            raise ValueError(f"{name}: out overlaps the input without being the same buffer")
     consistency_check(t, name, check, length=array.size, dtype=array.dtype, op=op, algorithm=algorithm)
-    out = array.copy()
+    if out is None:
+        out = np.empty_like(array)
     if t.size == 1:
+        np.copyto(out, array)
         return out
     if algorithm == "auto":
         algorithm = choose_allreduce(out.nbytes, out.size, t.size)
-    _ALGORITHMS[algorithm](t, out.reshape(-1), ufunc, TAG_ALLREDUCE)
+    # The algorithms read the input and write the output: no up-front copy of the input
+    # (out is array works too: then they reduce in place).
+    _ALGORITHMS[algorithm](t, out.reshape(-1), ufunc, TAG_ALLREDUCE, array.reshape(-1))
     return out

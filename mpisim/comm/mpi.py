@@ -67,6 +67,7 @@ class MPITransport:
     """One MPI process's endpoint (see :class:`mpisim.comm.transport.Transport`)."""
 
     def __init__(self, comm: Any):
+        self._MPI = _mpi()
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
@@ -79,7 +80,7 @@ class MPITransport:
         self.stats = Stats()
 
     def _src_tag(self, source: int, tag: int) -> tuple[int, int]:
-        MPI = _mpi()
+        MPI = self._MPI
         check_peer(source, self.size, "source", allow_any=True)
         return (MPI.ANY_SOURCE if source == ANY_SOURCE else source,
                 MPI.ANY_TAG if tag == ANY_TAG else tag)
@@ -89,8 +90,7 @@ class MPITransport:
         self.stats.bytes_sent += buf.nbytes
 
     def _received(self, buf: np.ndarray, status: Any) -> Status:
-        MPI = _mpi()
-        nbytes = status.Get_count(MPI.BYTE)
+        nbytes = status.Get_count(self._MPI.BYTE)
         if nbytes != buf.nbytes:
             raise CommError(f"rank {self.rank}: message from rank {status.Get_source()} "
                             f"(tag {status.Get_tag()}) has {nbytes} bytes but the receive buffer "
@@ -99,10 +99,9 @@ class MPITransport:
         self.stats.bytes_received += nbytes
         return Status(status.Get_source(), status.Get_tag(), nbytes)
 
-    @staticmethod
-    def _bytes(buf: np.ndarray) -> np.ndarray:
-        # A byte view: one datatype for every dtype, and a received size we can check exactly.
-        return buf.reshape(-1).view(np.uint8)
+    def _bytes(self, buf: np.ndarray) -> list:
+        # Sent as bytes: one datatype for every dtype, and a received size we can check exactly.
+        return [buf, buf.nbytes, self._MPI.BYTE]
 
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
         as_buffer(buf, "send buffer")
@@ -115,7 +114,7 @@ class MPITransport:
     def recv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Status:
         as_buffer(buf, "receive buffer")
         src, tg = self._src_tag(source, tag)
-        status = _mpi().Status()
+        status = self._MPI.Status()
         t0 = time.perf_counter()
         self.comm.Recv(self._bytes(buf), src, tg, status)
         self.stats.comm_time += time.perf_counter() - t0
@@ -127,7 +126,7 @@ class MPITransport:
         as_buffer(recvbuf, "receive buffer")
         check_peer(dest, self.size, "dest")
         src, tg = self._src_tag(source, recvtag)
-        status = _mpi().Status()
+        status = self._MPI.Status()
         t0 = time.perf_counter()
         self.comm.Sendrecv(self._bytes(sendbuf), dest, sendtag, self._bytes(recvbuf), src, tg, status)
         self.stats.comm_time += time.perf_counter() - t0

@@ -18,6 +18,7 @@ from ._common import (
     TAG_REDUCE_SCATTER,
     Fold,
     block_offsets,
+    scratch,
     check_algorithm,
     check_array,
     check_op,
@@ -34,26 +35,38 @@ REDUCE_SCATTER_ALGORITHMS = ("auto", "ring", "recursive_halving")
 REDSCAT_LONG_MSG = 524288
 
 
-def ring_reduce_scatter(t: Transport, w: np.ndarray, offs: np.ndarray, ufunc, tag: int) -> None:
-    """Ring reduce-scatter in place: afterwards block r of ``w`` is fully reduced on rank r."""
+def ring_reduce_scatter(t: Transport, w: np.ndarray, offs: list[int], ufunc, tag: int,
+                        src: np.ndarray | None = None) -> None:
+    """Ring reduce-scatter: afterwards block r of ``w`` is fully reduced on rank r.
+
+    ``src`` is this rank's input (default ``w``: in place). It is only read: the first step
+    sends straight from it and each received block is reduced as ``w[b] = src[b] op recv``, so
+    an allreduce needs no copy of its input. Blocks other than r are left partial.
+    """
+    src = w if src is None else src
     p, r = t.size, t.rank
     right, left = (r + 1) % p, (r - 1) % p
-    tmp = np.empty(int(np.max(np.diff(offs))) if p else 0, dtype=w.dtype)
+    tmp = scratch(max(offs[b + 1] - offs[b] for b in range(p)), w.dtype)
     for s in range(p - 1):
         sb = (r - s - 1) % p
         rb = (r - s - 2) % p
         lo, hi = offs[rb], offs[rb + 1]
         part = tmp[:hi - lo]
-        t.sendrecv(w[offs[sb]:offs[sb + 1]], right, part, left, tag, tag)
-        ufunc(w[lo:hi], part, out=w[lo:hi])
+        t.sendrecv((src if s == 0 else w)[offs[sb]:offs[sb + 1]], right, part, left, tag, tag)
+        ufunc(src[lo:hi], part, out=w[lo:hi])
 
 
-def halving_groups(t: Transport, w: np.ndarray, gofs: np.ndarray, f: Fold, ufunc, tag: int) -> None:
-    """The power-of-two core: afterwards virtual rank k holds range k of ``gofs`` reduced."""
+def halving_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, ufunc, tag: int,
+                   src: np.ndarray | None = None) -> None:
+    """The power-of-two core: afterwards virtual rank k holds range k of ``gofs`` reduced.
+
+    ``src`` (default ``w``) is read in the first step only, as in :func:`ring_reduce_scatter`.
+    """
+    src = w if src is None else src
     k = f.newrank
     lo, hi = 0, f.p2
     half = f.p2 // 2  # the first step keeps the larger piece; later ones keep parts of it
-    tmp = np.empty(int(max(gofs[half] - gofs[0], gofs[-1] - gofs[half])), dtype=w.dtype)
+    tmp = scratch(max(gofs[half] - gofs[0], gofs[-1] - gofs[half]), w.dtype)
     mask = f.p2 >> 1
     while mask > 0:
         mid = (lo + hi) // 2
@@ -64,13 +77,14 @@ def halving_groups(t: Transport, w: np.ndarray, gofs: np.ndarray, f: Fold, ufunc
         peer = f.old(k ^ mask)
         a, b = gofs[keep[0]], gofs[keep[1]]
         part = tmp[:b - a]
-        t.sendrecv(w[gofs[give[0]]:gofs[give[1]]], peer, part, peer, tag, tag)
-        ufunc(w[a:b], part, out=w[a:b])
+        t.sendrecv(src[gofs[give[0]]:gofs[give[1]]], peer, part, peer, tag, tag)
+        ufunc(src[a:b], part, out=w[a:b])
+        src = w
         lo, hi = keep
         mask >>= 1
 
 
-def halving_reduce_scatter(t: Transport, w: np.ndarray, offs: np.ndarray, ufunc, tag: int) -> None:
+def halving_reduce_scatter(t: Transport, w: np.ndarray, offs: list[int], ufunc, tag: int) -> None:
     """Recursive-halving reduce-scatter in place, any p: block r of ``w`` reduced on rank r."""
     p, r = t.size, t.rank
     if p == 1:
@@ -79,7 +93,7 @@ def halving_reduce_scatter(t: Transport, w: np.ndarray, offs: np.ndarray, ufunc,
     if f.extra:
         t.send(w, r + 1, tag)
     elif f.folded:
-        tmp = np.empty_like(w)
+        tmp = scratch(w.size, w.dtype)
         t.recv(tmp, r - 1, tag)
         ufunc(w, tmp, out=w)
     if not f.extra:

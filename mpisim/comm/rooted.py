@@ -19,6 +19,8 @@ from ._common import (
     check_op,
     check_root,
     consistency_check,
+    equal_offsets,
+    scratch,
 )
 from .allgather import ring_allgather
 from .transport import Transport
@@ -51,7 +53,7 @@ def binomial_bcast(t: Transport, w: np.ndarray, root: int, tag: int) -> None:
         mask >>= 1
 
 
-def binomial_scatter(t: Transport, w: np.ndarray, offs: np.ndarray, root: int, tag: int) -> None:
+def binomial_scatter(t: Transport, w: np.ndarray, offs: list[int], root: int, tag: int) -> None:
     """Binomial scatter in place: afterwards relative rank vr holds block vr of ``w``.
 
     On the way down each rank receives the blocks of its whole subtree, ``[vr, vr + mask)``,
@@ -86,7 +88,7 @@ def binomial_reduce(t: Transport, w: np.ndarray, ufunc, root: int, tag: int) -> 
             break
         if vr + mask < p:
             if tmp is None:
-                tmp = np.empty_like(w)
+                tmp = scratch(w.size, w.dtype)
             t.recv(tmp, (vr + mask + root) % p, tag)
             ufunc(w, tmp, out=w)
         mask <<= 1
@@ -186,7 +188,7 @@ def scatter(t: Transport, array: np.ndarray, root: int = 0, *,
         w = np.roll(array, -root, axis=0).reshape(-1)  # relative-rank order (a copy)
     else:
         w = np.empty(array.size, dtype=array.dtype)
-    offs = np.arange(p + 1, dtype=np.int64) * m
+    offs = equal_offsets(m, p)
     binomial_scatter(t, w, offs, root, TAG_SCATTER)
     vr = (t.rank - root) % p
     return w[vr * m:(vr + 1) * m].reshape(array.shape[1:]).copy()

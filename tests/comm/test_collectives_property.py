@@ -153,3 +153,22 @@ def test_barrier_lets_no_rank_leave_early(p):
         return len(log)
 
     assert run_simulated(p, fn) == [p] * p
+
+
+@given(p=ranks, n=st.integers(0, 3000), dtype=dtypes, op=ops, algorithm=st.sampled_from(ALLREDUCE_ALGORITHMS),
+       seed=seeds, in_place=st.booleans())
+def test_allreduce_into_out_and_in_place(p, n, dtype, op, algorithm, seed, in_place):
+    data = rank_data(seed, p, n, dtype, op)
+
+    def fn(t):
+        x = data[t.rank].copy()
+        out = x if in_place else np.full_like(x, 77)
+        res = allreduce(t, x, op, algorithm, out=out)
+        return res is out, out, x
+
+    want = expected(data, op)
+    for r, (is_out, out, x) in enumerate(run_simulated(p, fn)):
+        assert is_out
+        np.testing.assert_array_equal(out, want)
+        if not in_place:
+            np.testing.assert_array_equal(x, data[r])  # the input is untouched

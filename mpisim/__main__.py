@@ -1,0 +1,21 @@
+"""``python -m mpisim``: what can be run, one line each, with the command that runs it."""
+import sys
+
+TOOLS = [
+    ("mpisim.bench", "allreduce algorithms next to MPI's own Allreduce (OSU-style table)",
+     "mpiexec -n 2 python -m mpisim.bench"),
+]
+
+
+def main() -> int:
+    print("mpisim: a simulated cluster for distributed ML on pure message passing\n")
+    width = max(len(name) for name, _, _ in TOOLS)
+    for name, what, cmd in TOOLS:
+        print(f"  {name:<{width}}  {what}\n  {'':<{width}}  $ {cmd}")
+    print("\nLibrary: mpisim.comm (transports and collectives), mpisim.run_simulated(n, fn). "
+          "Add --help to any tool for its options.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

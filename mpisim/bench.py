@@ -1,0 +1,172 @@
+"""OSU-style allreduce benchmark: mpisim's algorithms next to MPI's own Allreduce.
+
+    mpiexec -n 2 python -m mpisim.bench
+    mpiexec -n 4 python -m mpisim.bench --min-size 1M --max-size 64M --algorithms ring,rabenseifner
+
+For every message size (bytes per rank) and algorithm it prints the time per call (the slowest
+rank's average), algbw = size / time and busbw = algbw * 2(p-1)/p (the definitions of
+nccl-tests: busbw is what each link carries in a ring, comparable across rank counts), and the
+ratio of the time to MPI's own ``MPI_Allreduce`` measured in the same run on the same buffers.
+Rank 0 prints; each row is printed as soon as it is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+import time
+
+import numpy as np
+
+from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce, mpi_transport
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+          "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """'4', '64K', '1M', '64MiB' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4, 64K, 1M, 64M)")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def fmt_size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m mpisim.bench",
+        description="Allreduce benchmark: mpisim's hand-written algorithms next to MPI_Allreduce. "
+                    "Run it under mpiexec, e.g. 'mpiexec -n 2 python -m mpisim.bench'.")
+    ap.add_argument("--min-size", type=parse_size, default=4, help="smallest message, bytes per rank (default 4)")
+    ap.add_argument("--max-size", type=parse_size, default=64 << 20, help="largest message (default 64M)")
+    ap.add_argument("--factor", type=int, default=2, help="size step factor (default 2)")
+    ap.add_argument("--algorithms", default=",".join(a for a in ALLREDUCE_ALGORITHMS),
+                    help="comma-separated mpisim algorithms to time (default: all, with auto)")
+    ap.add_argument("--iters", type=int, default=100,
+                    help="timed calls per size at most; large sizes use fewer, down to --min-iters (default 100)")
+    ap.add_argument("--min-iters", type=int, default=5, help="timed calls per size at least (default 5)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="interleaved measurements per size and contender; the median is reported (default 3)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls before each measurement (default 3)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64", "int32", "int64"])
+    ap.add_argument("--op", default="sum", choices=["sum", "prod", "max", "min"])
+    ap.add_argument("--check", action="store_true",
+                    help="keep mpisim's cross-rank argument check on (off by default: it adds log2 p small messages)")
+    ap.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV (rank 0)")
+    return ap
+
+
+def sizes_between(lo: int, hi: int, factor: int, itemsize: int) -> list[int]:
+    out, s = [], max(lo, itemsize)
+    while s <= hi:
+        out.append(s - s % itemsize)
+        s *= factor
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    algos = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    bad = [a for a in algos if a not in ALLREDUCE_ALGORITHMS]
+    if bad:
+        ap.error(f"unknown algorithm(s) {', '.join(bad)}; choose from {', '.join(ALLREDUCE_ALGORITHMS)}")
+    if args.min_size > args.max_size or args.factor < 2 or args.iters < 1 or args.min_iters < 1 or args.warmup < 0 \
+            or args.repeats < 1:
+        ap.error("need --min-size <= --max-size, --factor >= 2, --iters >= 1, --min-iters >= 1, --warmup >= 0, --repeats >= 1")
+
+    from mpi4py import MPI
+
+    t = mpi_transport()
+    ref = MPI.COMM_WORLD.Dup()  # MPI's own Allreduce runs on its own communicator
+    p, rank = t.size, t.rank
+    dtype = np.dtype(args.dtype)
+    mpi_op = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}[args.op]
+    sizes = sizes_between(args.min_size, args.max_size, args.factor, dtype.itemsize)
+    say = print if rank == 0 else (lambda *a, **k: None)
+
+    say(f"# mpisim.bench: allreduce, {p} ranks, {args.dtype} {args.op}, "
+        f"check {'on' if args.check else 'off'}; MPI: {MPI.Get_library_version().splitlines()[0].strip()}")
+    say(f"# time: median over {args.repeats} interleaved runs of the slowest rank's mean per call; algbw = size/time; busbw = algbw*2(p-1)/p; "
+        "vs MPI = time / MPI_Allreduce time (lower is better)")
+    header = f"{'size':>10} {'algorithm':>24} {'iters':>6} {'time_us':>11} {'algbw_GB/s':>11} {'busbw_GB/s':>11} {'vs_MPI':>7}"
+    say(header, flush=True)
+    rows = []
+    bus = 2 * (p - 1) / p if p > 1 else 0.0
+
+    def timed(fn, iters: int) -> float:
+        for _ in range(args.warmup):
+            fn()
+        ref.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        mine = (time.perf_counter() - t0) / iters
+        return ref.allreduce(mine, op=MPI.MAX)
+
+    for size in sizes:
+        count = size // dtype.itemsize
+        # Small integers: the result is exact, so every algorithm is checked against MPI's.
+        x = ((np.arange(count) % 3) + 1).astype(dtype) if args.op == "prod" else \
+            (np.arange(count) % 7 + rank).astype(dtype)
+        want = np.empty_like(x)
+        got = np.zeros_like(x)  # like MPI_Allreduce(sendbuf, recvbuf): one reused output buffer
+        iters = max(args.min_iters, min(args.iters, (256 << 20) // max(size, 1)))
+        calls = {"MPI_Allreduce": lambda: ref.Allreduce(x, want, op=mpi_op)}
+        for algo in algos:
+            calls[algo] = lambda algo=algo: allreduce(t, x, args.op, algo, out=got, check=args.check)
+        calls["MPI_Allreduce"]()
+        for algo in algos:
+            calls[algo]()
+            if not np.array_equal(got, want):
+                raise RuntimeError(f"mpisim.bench: {algo} gave a wrong result at {size} bytes on rank {rank}")
+        # Interleave the contenders, --repeats times, and keep each one's median: a burst of
+        # noise from the shared machine then hits one sample, not one contender.
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(args.repeats):
+            for name, fn in calls.items():
+                samples[name].append(timed(fn, iters))
+        t_mpi = float(np.median(samples["MPI_Allreduce"]))
+        for i, (name, ts) in enumerate(samples.items()):
+            tt = float(np.median(ts))
+            if name == "auto":
+                name = f"auto:{choose_allreduce(size, count, p)}"
+            rows.append([size, name, iters, tt])
+            say(f"{fmt_size(size) if i == 0 else '':>10} {name:>24} {iters:>6} {tt * 1e6:>11.1f} "
+                f"{size / tt / 1e9:>11.3f} {size / tt / 1e9 * bus:>11.3f} {tt / t_mpi:>7.2f}", flush=True)
+
+    if rank == 0:
+        big = [s for s in sizes if s >= 1 << 20]
+        if big:
+            say("# best mpisim algorithm per size >= 1 MiB (time / MPI_Allreduce time):")
+            for s in big:
+                cands = [r for r in rows if r[0] == s and r[1] != "MPI_Allreduce" and not r[1].startswith("auto")]
+                mpi_t = next(r[3] for r in rows if r[0] == s and r[1] == "MPI_Allreduce")
+                if cands:
+                    best = min(cands, key=lambda r: r[3])
+                    say(f"#   {fmt_size(s):>8}: {best[1]:<19} {best[3] / mpi_t:.2f}x", flush=True)
+        if args.csv:
+            with open(args.csv + ".tmp", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["ranks", "size_bytes", "algorithm", "iters", "time_s", "algbw_GBps", "busbw_GBps",
+                            "vs_mpi"])
+                for size, name, iters, tt in rows:
+                    mpi_t = next(r[3] for r in rows if r[0] == size and r[1] == "MPI_Allreduce")
+                    w.writerow([p, size, name, iters, f"{tt:.9f}", f"{size / tt / 1e9:.4f}",
+                                f"{size / tt / 1e9 * bus:.4f}", f"{tt / mpi_t:.4f}"])
+
+            os.replace(args.csv + ".tmp", args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
