@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for size in sizes:
         count = size // dtype.itemsize
-        # Small integers: the result is exact, so every algorithm is checked against MPI's.
-        x = ((np.arange(count) % 3) + 1).astype(dtype) if args.op == "prod" else \
+        # Small integers (+-1 for prod): the result is exact, so each algorithm is checked against MPI's.
+        x = ((np.arange(count) + rank) % 2 * 2 - 1).astype(dtype) if args.op == "prod" else \
             (np.arange(count) % 7 + rank).astype(dtype)
         want = np.empty_like(x)
         got = np.zeros_like(x)  # like MPI_Allreduce(sendbuf, recvbuf): one reused output buffer
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             calls[algo] = lambda algo=algo: allreduce(t, x, args.op, algo, out=got, check=args.check)
         calls["MPI_Allreduce"]()
         for algo in algos:
+            got.fill(-99)  # so a result left partly unwritten cannot pass on an earlier one's values
             calls[algo]()
             if not np.array_equal(got, want):
                 raise RuntimeError(f"mpisim.bench: {algo} gave a wrong result at {size} bytes on rank {rank}")

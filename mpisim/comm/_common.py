@@ -29,8 +29,9 @@ _check_default = os.environ.get("MPISIM_CHECK", "1") not in ("0", "false", "no",
 def set_consistency_check(enabled: bool) -> bool:
     """Switch the cross-rank argument check of every collective on or off; return the old value.
 
-    The check is one small recursive-doubling allreduce (ceil(log2 p) messages of 80 bytes)
-    that compares length, dtype, op, algorithm and root across ranks, so that a mismatch raises
+    The check is one small recursive-doubling allreduce (about log2 p messages of 16 bytes per
+    compared field) that compares the collective, length, dtype and, where they apply, op,
+    algorithm and root across ranks, so that a mismatch raises
     the same ``ValueError`` on every rank instead of a hang or garbage. Also settable per call
     (``check=False``) or for a whole run with ``MPISIM_CHECK=0``.
     """
@@ -143,8 +144,9 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
 
     ``src`` is this rank's input (default: ``w`` itself, reduced in place); it is only read, and
     the first reduction writes ``w``, so no copy of the input is needed. Both partners of an
-    exchange compute ``ufunc(mine, theirs)``; the ops are commutative bitwise in IEEE
-    arithmetic, so every rank ends with bit-identical values.
+    exchange compute ``ufunc(lower, higher)`` with the lower virtual rank's data first: the same
+    operation on the same operands, so every rank ends with bit-identical values even where
+    IEEE ops are not symmetric bit for bit (max(-0.0, 0.0), NaN payloads).
     """
     src = w if src is None else src
     if t.size == 1:
@@ -157,14 +159,18 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
         t.send(src, t.rank + 1, tag)
     elif f.folded:
         t.recv(tmp, t.rank - 1, tag)
-        ufunc(src, tmp, out=w)
+        ufunc(tmp, src, out=w)  # the lower rank's data first, as in the exchanges below
         src = w
     if not f.extra:
         mask = 1
         while mask < f.p2:
-            partner = f.old(f.newrank ^ mask)
+            partner_new = f.newrank ^ mask
+            partner = f.old(partner_new)
             t.sendrecv(src, partner, tmp, partner, tag, tag)
-            ufunc(src, tmp, out=w)
+            if partner_new < f.newrank:
+                ufunc(tmp, src, out=w)
+            else:
+                ufunc(src, tmp, out=w)
             src = w
             mask <<= 1
     if f.extra:
@@ -185,6 +191,7 @@ def consistency_check(t: Transport, name: str, check: bool | None, **fields: Any
     """
     if t.size == 1 or not (_check_default if check is None else check):
         return
+    fields = {"collective": name, **fields}
     codes = []
     for key, value in fields.items():
         if isinstance(value, np.dtype):
@@ -196,6 +203,9 @@ def consistency_check(t: Transport, name: str, check: bool | None, **fields: Any
     rd_allreduce(t, v, np.maximum, TAG_CHECK)
     k = len(codes)
     bad = [key for i, key in enumerate(fields) if v[i] != -v[k + i]]
+    if "collective" in bad:
+        raise ValueError(f"{name}: ranks called different collectives at the same point "
+                         f"(detected on rank {t.rank} of {t.size})")
     if bad:
         detail = "; ".join(
             f"{key} differs (min {-v[k + list(fields).index(key)]}, max {v[list(fields).index(key)]})"

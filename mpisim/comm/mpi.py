@@ -10,6 +10,7 @@ the whole job ends with a non-zero exit instead of the other ranks waiting forev
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import traceback
@@ -48,7 +49,8 @@ class _MPIRequest:
     def wait(self) -> Status | None:
         t0 = time.perf_counter()
         if self.req is not None:
-            self.req.Wait(self.status)
+            with self.transport._truncation(self.buf):
+                self.req.Wait(self.status)
             self.req = None
         self.transport.stats.comm_time += time.perf_counter() - t0
         return self._complete()
@@ -56,7 +58,9 @@ class _MPIRequest:
     def test(self) -> bool:
         if self.req is None:
             return True
-        if self.req.Test(self.status):
+        with self.transport._truncation(self.buf):
+            done = self.req.Test(self.status)
+        if done:
             self.req = None
             self._complete()
             return True
@@ -84,6 +88,17 @@ class MPITransport:
         check_peer(source, self.size, "source", allow_any=True)
         return (MPI.ANY_SOURCE if source == ANY_SOURCE else source,
                 MPI.ANY_TAG if tag == ANY_TAG else tag)
+
+    @contextlib.contextmanager
+    def _truncation(self, buf: np.ndarray):
+        """Turn MPI's 'message truncated' into the CommError the protocol promises."""
+        try:
+            yield
+        except self._MPI.Exception as exc:
+            if exc.Get_error_class() != self._MPI.ERR_TRUNCATE:
+                raise
+            raise CommError(f"rank {self.rank}: an incoming message is larger than the receive "
+                            f"buffer ({buf.nbytes} bytes)") from exc
 
     def _sent(self, buf: np.ndarray) -> None:
         self.stats.messages_sent += 1
@@ -116,7 +131,8 @@ class MPITransport:
         src, tg = self._src_tag(source, tag)
         status = self._MPI.Status()
         t0 = time.perf_counter()
-        self.comm.Recv(self._bytes(buf), src, tg, status)
+        with self._truncation(buf):
+            self.comm.Recv(self._bytes(buf), src, tg, status)
         self.stats.comm_time += time.perf_counter() - t0
         return self._received(buf, status)
 
@@ -128,7 +144,8 @@ class MPITransport:
         src, tg = self._src_tag(source, recvtag)
         status = self._MPI.Status()
         t0 = time.perf_counter()
-        self.comm.Sendrecv(self._bytes(sendbuf), dest, sendtag, self._bytes(recvbuf), src, tg, status)
+        with self._truncation(recvbuf):
+            self.comm.Sendrecv(self._bytes(sendbuf), dest, sendtag, self._bytes(recvbuf), src, tg, status)
         self.stats.comm_time += time.perf_counter() - t0
         self._sent(sendbuf)
         return self._received(recvbuf, status)

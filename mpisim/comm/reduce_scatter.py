@@ -65,7 +65,7 @@ def halving_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, ufunc,
     src = w if src is None else src
     k = f.newrank
     lo, hi = 0, f.p2
-    half = f.p2 // 2  # the first step keeps the larger piece; later ones keep parts of it
+    half = f.p2 // 2  # a rank keeps either half in the first step, and parts of it later
     tmp = scratch(max(gofs[half] - gofs[0], gofs[-1] - gofs[half]), w.dtype)
     mask = f.p2 >> 1
     while mask > 0:

@@ -1,7 +1,8 @@
 """Rooted collectives: bcast, reduce, gather, scatter (binomial trees, as in MPICH).
 
-Binomial trees work in relative ranks ``vr = (rank - root) % p``: in round k the ranks that
-already hold the data (vr < 2**k) send to vr + 2**k, so the data reaches all p ranks in
+Binomial trees work in relative ranks ``vr = (rank - root) % p``. The root first sends to the
+farthest subtree (vr = 2**(k-1) for the largest such power below p), then to nearer ones; each
+rank forwards to its own subtree the same way, so the data reaches all p ranks in
 ceil(log2 p) rounds with p - 1 messages in all. Reduce and gather run the same tree upwards.
 """
 from __future__ import annotations

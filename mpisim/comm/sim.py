@@ -54,8 +54,11 @@ class CommTimeout(CommError, TimeoutError):
     """A rank stayed blocked in a receive for longer than the cluster's timeout."""
 
 
-class _Aborted(Exception):
-    """Raised inside a rank's blocked call when another rank failed; never reported."""
+class _Aborted(BaseException):
+    """Raised inside a rank's blocked call when another rank failed; never reported.
+
+    A BaseException, so user code that catches Exception does not swallow the abort.
+    """
 
 
 def _payload(buf: np.ndarray) -> np.ndarray:
@@ -69,7 +72,8 @@ def _matches(want_src: int, want_tag: int, src: int, tag: int) -> bool:
 class _Recv:
     """A posted receive (the request behind irecv and recv)."""
 
-    __slots__ = ("owner", "buf", "source", "tag", "done", "data", "src", "msg_tag", "stamp", "copied")
+    __slots__ = ("owner", "buf", "source", "tag", "done", "data", "src", "msg_tag", "stamp", "copied",
+                 "status")
 
     def __init__(self, owner: "SimTransport", buf: np.ndarray, source: int, tag: int):
         self.owner, self.buf, self.source, self.tag = owner, buf, source, tag
@@ -77,12 +81,16 @@ class _Recv:
         self.data: np.ndarray | None = None  # set when the message is matched but not yet copied
         self.src = self.msg_tag = self.stamp = -1
         self.copied = False  # the sender wrote straight into buf
+        self.status: Status | None = None  # set once the receive is complete and counted
 
     def test(self) -> bool:
-        return self.done
+        """True once the message has arrived; the buffer is then filled (as by ``wait``)."""
+        if self.status is None and self.done:
+            self.owner._finish(self)
+        return self.status is not None
 
     def wait(self) -> Status:
-        return self.owner._wait(self)
+        return self.status if self.status is not None else self.owner._wait(self)
 
 
 class _Sent:
@@ -117,6 +125,7 @@ class SimCluster:
         self.finished: set[int] = set()
         self.failed: tuple[int, BaseException] | None = None
         self.transports = [SimTransport(self, r) for r in range(self.size)]
+        self._ran = False
 
     # -- failure handling (lock held) -------------------------------------------------------
     def _abort(self, rank: int, exc: BaseException) -> None:
@@ -154,7 +163,13 @@ class SimCluster:
 
     # -- running ------------------------------------------------------------------------------
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
-        """Run ``fn(transport, *args, **kwargs)`` on every rank; return the per-rank results."""
+        """Run ``fn(transport, *args, **kwargs)`` on every rank; return the per-rank results.
+
+        A cluster runs once (its queues, counters and failure state belong to that run).
+        """
+        if self._ran:
+            raise RuntimeError("a SimCluster runs once; create a new one (or call run_simulated)")
+        self._ran = True
         results: list[Any] = [None] * self.size
 
         def body(rank: int) -> None:
@@ -303,13 +318,20 @@ class SimTransport:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     src = "any rank" if req.source == ANY_SOURCE else f"rank {req.source}"
+                    tag = "any tag" if req.tag == ANY_TAG else f"tag {req.tag}"
                     exc = CommTimeout(f"simulated rank {self.rank} blocked for {cl.timeout:g} s "
-                                      f"waiting for a message from {src} (tag {req.tag})")
+                                      f"waiting for a message from {src} ({tag})")
                     cl.waiting.pop(self.rank, None)
                     cl._abort(self.rank, exc)
                     raise exc
                 cl.cond[self.rank].wait(left)
             cl.waiting.pop(self.rank, None)
+        status = self._finish(req)
+        self.stats.comm_time += time.perf_counter() - t0
+        return status
+
+    def _finish(self, req: _Recv) -> Status:
+        """Copy a matched message into the receive buffer (if the sender did not), count it."""
         if not req.copied:
             nbytes = req.data.nbytes
             if nbytes != req.buf.nbytes:
@@ -321,14 +343,18 @@ class SimTransport:
         self.stats.messages_received += 1
         self.stats.bytes_received += req.buf.nbytes
         self.stats.rounds = max(self.stats.rounds, req.stamp)
-        self.stats.comm_time += time.perf_counter() - t0
-        return Status(req.src, req.msg_tag, req.buf.nbytes)
+        req.status = Status(req.src, req.msg_tag, req.buf.nbytes)
+        return req.status
 
     def recv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Status:
         return self.irecv(buf, source, tag).wait()
 
     def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
                  sendtag: int = 0, recvtag: int = ANY_TAG) -> Status:
+        as_buffer(sendbuf, "send buffer")  # check the send first: never leave a receive posted
+        check_peer(dest, self.size, "dest")
+        if sendtag < 0:
+            raise ValueError(f"send tag must be >= 0, got {sendtag}")
         req = self.irecv(recvbuf, source, recvtag)
         self.send(sendbuf, dest, sendtag)
         return req.wait()

@@ -172,3 +172,16 @@ def test_allreduce_into_out_and_in_place(p, n, dtype, op, algorithm, seed, in_pl
         np.testing.assert_array_equal(out, want)
         if not in_place:
             np.testing.assert_array_equal(x, data[r])  # the input is untouched
+
+
+@given(p=st.integers(2, 16), n=st.integers(1, 200), op=st.sampled_from(["max", "min", "sum"]),
+       algorithm=st.sampled_from(ALLREDUCE_ALGORITHMS), seed=seeds)
+def test_allreduce_bit_identical_with_signed_zeros_and_nans(p, n, op, algorithm, seed):
+    """max(-0.0, 0.0) and NaN payloads depend on operand order: every rank must still agree."""
+    rng = np.random.default_rng(seed)
+    specials = np.array([0.0, -0.0, np.nan, -np.nan, 1.0], dtype=np.float32)
+    nan2 = np.frombuffer(np.uint32(0x7FC00001).tobytes(), np.float32)  # another NaN payload
+    pool = np.concatenate([specials, nan2])
+    data = [rng.choice(pool, size=n) for _ in range(p)]
+    out = run_simulated(p, lambda t: allreduce(t, data[t.rank], op, algorithm))
+    assert all(res.tobytes() == out[0].tobytes() for res in out)

@@ -38,3 +38,10 @@ def test_mismatched_lengths_raise_on_every_rank():
     assert res.returncode == 0, res.stdout + res.stderr
     for r in range(3):
         assert f"rank {r}: ValueError: allreduce: ranks passed inconsistent arguments: length differs" in res.stdout
+
+
+@pytest.mark.timeout(90)
+def test_transport_semantics_under_mpi():
+    res = run_mpi(2, f"{SCRIPTS}/transport_semantics.py", timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "transport semantics ok" in res.stdout

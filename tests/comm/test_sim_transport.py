@@ -165,3 +165,57 @@ def test_bad_peer_and_bad_size_are_value_errors():
         run_simulated(2, lambda t: t.send(np.zeros(1), 2))
     with pytest.raises(ValueError, match="at least 1 rank"):
         run_simulated(0, lambda t: None)
+
+
+def test_request_test_fills_the_buffer_and_wait_twice_counts_once():
+    from mpisim.comm import barrier
+
+    def fn(t):
+        if t.rank == 0:
+            t.send(np.array([42]), 1)
+            barrier(t)
+            return None
+        barrier(t)  # rank 0's message is queued by now
+        buf = np.zeros(1, np.int64)
+        r = t.irecv(buf, 0)
+        done = r.test()
+        first = int(buf[0])
+        st1, st2 = r.wait(), r.wait()
+        return done, first, st1 is st2, t.stats.messages_received
+
+    done, first, same, count = run_simulated(2, fn)[1]
+    assert done and first == 42 and same
+    assert count == 2  # the message plus one barrier message, each counted once
+
+
+def test_a_cluster_runs_once():
+    c = SimCluster(2)
+    c.run(lambda t: None)
+    with pytest.raises(RuntimeError, match="runs once"):
+        c.run(lambda t: None)
+
+
+def test_user_code_catching_exception_does_not_swallow_an_abort():
+    def fn(t):
+        if t.rank == 0:
+            raise ValueError("rank 0 fails")
+        try:
+            t.recv(np.empty(1), 0)
+        except Exception:  # noqa: BLE001 - must not catch the abort
+            return "swallowed"
+
+    with pytest.raises(RankError, match="rank 0 of 2 raised ValueError"):
+        run_simulated(2, fn)
+
+
+def test_failed_sendrecv_leaves_no_receive_posted():
+    def fn(t):
+        if t.rank == 1:
+            with pytest.raises(ValueError):
+                t.sendrecv(np.zeros(1), 5, np.empty(1), 0)  # bad dest
+            buf = np.empty(1)
+            t.recv(buf, 0)
+            return float(buf[0])
+        t.send(np.array([3.0]), 1)
+
+    assert run_simulated(2, fn)[1] == 3.0
