@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--sim", type=int, metavar="N", help="run on N simulated ranks instead of MPI")
     ap.add_argument("--count", type=int, default=1 << 16, help="float32 elements per rank (default 65536)")
     args = ap.parse_args()
+    if args.count < 0:
+        ap.error("--count must be >= 0")
     if args.sim is not None:
         if args.sim < 1:
             ap.error("--sim needs at least 1 rank")

@@ -1,0 +1,56 @@
+"""The command-line tools: mpisim.bench under mpiexec, the demo script, python -m mpisim."""
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from mpisim.comm import ALLREDUCE_ALGORITHMS
+from tests.mpirun import ROOT, run_mpi
+
+
+@pytest.mark.timeout(120)
+def test_bench_runs_every_algorithm_next_to_mpi(tmp_path):
+    out = tmp_path / "bench.csv"
+    res = run_mpi(2, "-m", "mpisim.bench", "--max-size", "4K", "--factor", "32", "--iters", "5",
+                  "--min-iters", "2", "--repeats", "1", "--csv", str(out), timeout=100)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 ranks" in res.stdout and "MPI_Allreduce" in res.stdout
+    rows = list(csv.DictReader(out.open()))
+    sizes = sorted({int(r["size_bytes"]) for r in rows})
+    assert sizes == [4, 128, 4096]
+    names = {r["algorithm"].split(":")[0] for r in rows}
+    assert names == {"MPI_Allreduce", *ALLREDUCE_ALGORITHMS}
+    for r in rows:
+        assert float(r["time_s"]) > 0 and r["ranks"] == "2"
+        if r["algorithm"] == "MPI_Allreduce":
+            assert float(r["vs_mpi"]) == 1.0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--algorithms", "ring,butterfly"], "unknown algorithm(s) butterfly"),
+    (["--min-size", "abc"], "not a size: 'abc'"),
+    (["--min-size", "1M", "--max-size", "1K"], "need --min-size <= --max-size"),
+    (["--factor", "1"], "--factor >= 2"),
+    (["--dtype", "float16"], "invalid choice: 'float16'"),
+])
+def test_bench_rejects_bad_options(args, message):
+    res = subprocess.run([sys.executable, "-m", "mpisim.bench", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_demo_on_simulated_ranks():
+    res = subprocess.run([sys.executable, "scripts/allreduce_demo.py", "--sim", "5", "--count", "10"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = [ln.split() for ln in res.stdout.splitlines()[2:]]
+    assert [ln[0] for ln in lines] == list(ALLREDUCE_ALGORITHMS[1:])
+    assert all(ln[1] == "True" for ln in lines)
+    ring = next(ln for ln in lines if ln[0] == "ring")
+    assert ring[2:] == ["8", str(2 * 4 * 10 * 4), "8"]  # 2(p-1) messages, 2(p-1) n bytes, 2(p-1) rounds
+
+
+def test_python_m_mpisim_lists_the_tools():
+    res = subprocess.run([sys.executable, "-m", "mpisim"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "mpiexec -n 2 python -m mpisim.bench" in res.stdout
