@@ -166,7 +166,7 @@ def gather(t: Transport, array: np.ndarray, root: int = 0, *,
     if t.rank != root:
         return None
     # Relative block b came from rank (b + root) % p: rotate into rank order.
-    return np.roll(w.reshape(p, *array.shape), root, axis=0) if p > 1 else w.reshape(p, *array.shape)
+    return np.roll(w.reshape(p, *array.shape), root, axis=0)
 
 
 def scatter(t: Transport, array: np.ndarray, root: int = 0, *,

@@ -116,9 +116,9 @@ class SimCluster:
         self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
         self.lock = threading.Lock()
         self.cond = [threading.Condition(self.lock) for _ in range(self.size)]
-        # unexpected[dest][src]: messages (tag, payload, stamp) that arrived before their receive
+        # unexpected[dest][src]: messages (tag, payload, stamp, seq) that arrived before their
+        # receive; seq orders arrivals from different senders for ANY_SOURCE
         self.unexpected = [[collections.deque() for _ in range(self.size)] for _ in range(self.size)]
-        self.arrival = [[collections.deque() for _ in range(self.size)] for _ in range(self.size)]
         self.seq = 0
         self.posted: list[list[_Recv]] = [[] for _ in range(self.size)]
         self.waiting: dict[int, _Recv] = {}
@@ -242,8 +242,7 @@ class SimTransport:
                     direct = cl.posted[dest].pop(i)
                     break
             if direct is None:
-                cl.unexpected[dest][self.rank].append((tag, data.copy(), stamp))
-                cl.arrival[dest][self.rank].append(cl.seq)
+                cl.unexpected[dest][self.rank].append((tag, data.copy(), stamp, cl.seq))
                 cl.seq += 1
         if direct is not None:
             if direct.buf.nbytes == nbytes:
@@ -289,21 +288,20 @@ class SimTransport:
     def _take_unexpected(self, source: int, tag: int) -> tuple[int, tuple] | None:
         """Remove and return (src, message) of the earliest matching unexpected message."""
         cl = self.cluster
-        box, arr = cl.unexpected[self.rank], cl.arrival[self.rank]
+        box = cl.unexpected[self.rank]
         best = None
         for src in (range(self.size) if source == ANY_SOURCE else (source,)):
             for i, msg in enumerate(box[src]):
                 if tag == ANY_TAG or msg[0] == tag:
-                    if best is None or arr[src][i] < best[2]:
-                        best = (src, i, arr[src][i])
+                    if best is None or msg[3] < best[2]:
+                        best = (src, i, msg[3])
                     break
         if best is None:
             return None
         src, i, _ = best
         msg = box[src][i]
         del box[src][i]
-        del arr[src][i]
-        return src, msg
+        return src, msg[:3]
 
     def _wait(self, req: _Recv) -> Status:
         cl = self.cluster
