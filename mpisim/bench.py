@@ -65,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def sizes_between(lo: int, hi: int, factor: int, itemsize: int) -> list[int]:
-    out, s = [], max(lo, itemsize)
+def sizes_between(lo: int, hi: int, factor: int) -> list[int]:
+    """lo, lo*factor, lo*factor**2, ... up to hi."""
+    out, s = [], lo
     while s <= hi:
-        out.append(s - s % itemsize)
+        out.append(s)
         s *= factor
     return out
 
@@ -80,9 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     bad = [a for a in algos if a not in ALLREDUCE_ALGORITHMS]
     if bad:
         ap.error(f"unknown algorithm(s) {', '.join(bad)}; choose from {', '.join(ALLREDUCE_ALGORITHMS)}")
-    if args.min_size > args.max_size or args.factor < 2 or args.iters < 1 or args.min_iters < 1 or args.warmup < 0 \
-            or args.repeats < 1:
-        ap.error("need --min-size <= --max-size, --factor >= 2, --iters >= 1, --min-iters >= 1, --warmup >= 0, --repeats >= 1")
+    if not algos:
+        ap.error(f"--algorithms names none; choose from {', '.join(ALLREDUCE_ALGORITHMS)}")
+    itemsize = np.dtype(args.dtype).itemsize
+    for opt, value, low in (("--factor", args.factor, 2), ("--iters", args.iters, 1),
+                            ("--min-iters", args.min_iters, 1), ("--warmup", args.warmup, 0),
+                            ("--repeats", args.repeats, 1)):
+        if value < low:
+            ap.error(f"{opt} must be >= {low}, got {value}")
+    if args.min_size < itemsize or args.min_size % itemsize:
+        ap.error(f"--min-size must be a positive multiple of the {args.dtype} size ({itemsize} B), "
+                 f"got {args.min_size}")
+    if args.max_size < args.min_size:
+        ap.error(f"--max-size ({args.max_size} B) is below --min-size ({args.min_size} B)")
+    if args.csv:
+        folder = os.path.dirname(os.path.abspath(args.csv))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            ap.error(f"--csv: cannot write in {folder} (no such folder, or not writable)")
 
     from mpi4py import MPI
 
@@ -91,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p, rank = t.size, t.rank
     dtype = np.dtype(args.dtype)
     mpi_op = {"sum": MPI.SUM, "prod": MPI.PROD, "max": MPI.MAX, "min": MPI.MIN}[args.op]
-    sizes = sizes_between(args.min_size, args.max_size, args.factor, dtype.itemsize)
+    sizes = sizes_between(args.min_size, args.max_size, args.factor)
     say = print if rank == 0 else (lambda *a, **k: None)
 
     say(f"# mpisim.bench: allreduce, {p} ranks, {args.dtype} {args.op}, "

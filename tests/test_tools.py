@@ -30,8 +30,12 @@ def test_bench_runs_every_algorithm_next_to_mpi(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--algorithms", "ring,butterfly"], "unknown algorithm(s) butterfly"),
     (["--min-size", "abc"], "not a size: 'abc'"),
-    (["--min-size", "1M", "--max-size", "1K"], "need --min-size <= --max-size"),
-    (["--factor", "1"], "--factor >= 2"),
+    (["--min-size", "1M", "--max-size", "1K"], "--max-size (1024 B) is below --min-size (1048576 B)"),
+    (["--factor", "1"], "--factor must be >= 2, got 1"),
+    (["--iters", "0"], "--iters must be >= 1, got 0"),
+    (["--min-size", "6"], "--min-size must be a positive multiple of the float32 size (4 B), got 6"),
+    (["--algorithms", ","], "--algorithms names none"),
+    (["--csv", "/nonexistent/folder/x.csv"], "--csv: cannot write in /nonexistent/folder"),
     (["--dtype", "float16"], "invalid choice: 'float16'"),
 ])
 def test_bench_rejects_bad_options(args, message):

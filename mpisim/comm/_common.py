@@ -144,9 +144,11 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
 
     ``src`` is this rank's input (default: ``w`` itself, reduced in place); it is only read, and
     the first reduction writes ``w``, so no copy of the input is needed. Both partners of an
-    exchange compute ``ufunc(lower, higher)`` with the lower virtual rank's data first: the same
-    operation on the same operands, so every rank ends with bit-identical values even where
-    IEEE ops are not symmetric bit for bit (max(-0.0, 0.0), NaN payloads).
+    exchange compute ``ufunc(lower, higher)`` with the lower virtual rank's data first, so they
+    agree where IEEE ops are not symmetric bit for bit (max(-0.0, 0.0) is -0.0, max(0.0, -0.0)
+    is 0.0). Which NaN payload a float op returns is not something NumPy keeps to operand order
+    (its size-1 and in-place paths differ), so NaNs in a float result are made the canonical
+    quiet NaN before the result leaves the exchange: every rank ends bit-identical.
     """
     src = w if src is None else src
     if t.size == 1:
@@ -173,6 +175,10 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
                 ufunc(src, tmp, out=w)
             src = w
             mask <<= 1
+        if w.dtype.kind == "f":
+            nans = np.isnan(w)
+            if nans.any():
+                w[nans] = np.nan
     if f.extra:
         t.recv(w, t.rank + 1, tag)
     elif f.folded:

@@ -110,7 +110,9 @@ class SimCluster:
     """Shared state of N simulated ranks: queues, posted receives, failure and deadlock watch."""
 
     def __init__(self, size: int, *, timeout: float | None = None):
-        if not isinstance(size, (int, np.integer)) or size < 1:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+            raise TypeError(f"the number of simulated ranks must be an int, got {type(size).__name__}")
+        if size < 1:
             raise ValueError(f"a simulated cluster needs at least 1 rank, got {size!r}")
         self.size = int(size)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)

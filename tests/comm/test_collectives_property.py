@@ -185,3 +185,12 @@ def test_allreduce_bit_identical_with_signed_zeros_and_nans(p, n, op, algorithm,
     data = [rng.choice(pool, size=n) for _ in range(p)]
     out = run_simulated(p, lambda t: allreduce(t, data[t.rank], op, algorithm))
     assert all(res.tobytes() == out[0].tobytes() for res in out)
+
+
+def test_recursive_doubling_nan_payloads_one_element_three_ranks():
+    """The case hypothesis found: NumPy's size-1 add keeps the second operand's NaN payload."""
+    nan2 = np.frombuffer(np.uint32(0x7FC00001).tobytes(), np.float32)
+    data = [np.array([np.nan], np.float32), -nan2.copy(), nan2.copy()]
+    for p in (3, 5):
+        out = run_simulated(p, lambda t: allreduce(t, data[t.rank % 3], "sum", "recursive_doubling"))
+        assert all(res.tobytes() == out[0].tobytes() for res in out)

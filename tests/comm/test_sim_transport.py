@@ -219,3 +219,8 @@ def test_failed_sendrecv_leaves_no_receive_posted():
         t.send(np.array([3.0]), 1)
 
     assert run_simulated(2, fn)[1] == 3.0
+
+
+def test_rank_count_must_be_an_int():
+    with pytest.raises(TypeError, match="must be an int, got str"):
+        run_simulated("3", lambda t: None)
