@@ -60,8 +60,8 @@ def _naive(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> Non
     np.copyto(w, src)
     if t.rank == 0:
         tmp = scratch(w.size, w.dtype)
-        for src in range(1, t.size):
-            t.recv(tmp, src, tag)
+        for peer in range(1, t.size):
+            t.recv(tmp, peer, tag)
             ufunc(w, tmp, out=w)
         for dst in range(1, t.size):
             t.send(w, dst, tag)

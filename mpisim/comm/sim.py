@@ -83,6 +83,12 @@ class _Recv:
         self.copied = False  # the sender wrote straight into buf
         self.status: Status | None = None  # set once the receive is complete and counted
 
+    def describe(self) -> str:
+        """'rank 2 (tag 5, 16 bytes)': what this receive waits for, for error messages."""
+        src = "any rank" if self.source == ANY_SOURCE else f"rank {self.source}"
+        tag = "any tag" if self.tag == ANY_TAG else f"tag {self.tag}"
+        return f"{src} ({tag}, {self.buf.nbytes} bytes)"
+
     def test(self) -> bool:
         """True once the message has arrived; the buffer is then filled (as by ``wait``)."""
         if self.status is None and self.done:
@@ -140,10 +146,7 @@ class SimCluster:
         if self.waiting and len(self.waiting) + len(self.finished) == self.size:
             parts = []
             for r in sorted(self.waiting):
-                w = self.waiting[r]
-                src = "any rank" if w.source == ANY_SOURCE else f"rank {w.source}"
-                tag = "any tag" if w.tag == ANY_TAG else f"tag {w.tag}"
-                parts.append(f"rank {r} waits for {src} ({tag}, {w.buf.nbytes} bytes)")
+                parts.append(f"rank {r} waits for {self.waiting[r].describe()}")
             if self.finished:
                 parts.append(f"ranks {sorted(self.finished)} have returned")
             exc = DeadlockError("deadlock among simulated ranks: " + "; ".join(parts))
@@ -225,11 +228,14 @@ class SimTransport:
         return f"SimTransport(rank={self.rank}, size={self.size})"
 
     # -- sending ------------------------------------------------------------------------------
-    def _post_send(self, buf: np.ndarray, dest: int, tag: int) -> None:
+    def _check_send(self, buf: np.ndarray, dest: int, tag: int) -> None:
         as_buffer(buf, "send buffer")
         check_peer(dest, self.size, "dest")
         if tag < 0:
             raise ValueError(f"send tag must be >= 0, got {tag}")
+
+    def _post_send(self, buf: np.ndarray, dest: int, tag: int) -> None:
+        self._check_send(buf, dest, tag)
         cl = self.cluster
         data = _payload(buf)
         nbytes = data.nbytes
@@ -317,10 +323,8 @@ class SimTransport:
                 cl._check_deadlock()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    src = "any rank" if req.source == ANY_SOURCE else f"rank {req.source}"
-                    tag = "any tag" if req.tag == ANY_TAG else f"tag {req.tag}"
                     exc = CommTimeout(f"simulated rank {self.rank} blocked for {cl.timeout:g} s "
-                                      f"waiting for a message from {src} ({tag})")
+                                      f"waiting for a message from {req.describe()}")
                     cl.waiting.pop(self.rank, None)
                     cl._abort(self.rank, exc)
                     raise exc
@@ -351,10 +355,7 @@ class SimTransport:
 
     def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
                  sendtag: int = 0, recvtag: int = ANY_TAG) -> Status:
-        as_buffer(sendbuf, "send buffer")  # check the send first: never leave a receive posted
-        check_peer(dest, self.size, "dest")
-        if sendtag < 0:
-            raise ValueError(f"send tag must be >= 0, got {sendtag}")
+        self._check_send(sendbuf, dest, sendtag)  # before posting: never leave a receive behind
         req = self.irecv(recvbuf, source, recvtag)
         self.send(sendbuf, dest, sendtag)
         return req.wait()
