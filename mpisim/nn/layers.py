@@ -1,0 +1,265 @@
+"""Layers with hand-written forward and backward passes.
+
+One contract for every layer (numpy-ml's): ``param_shapes`` and ``buffer_shapes`` say what the layer
+needs; the model hands it views into its flat vectors with :meth:`Layer.bind`; ``forward(x, train)``
+returns the output and keeps what backward needs; ``backward(dY)`` writes the parameter gradients
+(it overwrites them, it never accumulates) and returns ``dX``.
+
+Outputs live in buffers the layer owns and reuses from step to step, so a training step allocates
+nothing: the array a layer returns is valid until its next forward. ``backward`` may overwrite the
+``dY`` it is given (it belongs to the layer above, which is done with it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels as K
+from ._kernels import flat
+
+__all__ = [
+    "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Dropout", "BatchNorm1d",
+    "ACTIVATIONS",
+]
+
+
+class Layer:
+    """Base class: no parameters, no buffers, per-shape output buffers."""
+
+    param_shapes: dict[str, tuple[int, ...]] = {}
+    buffer_shapes: dict[str, tuple[int, ...]] = {}
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.dtype = np.dtype(np.float32)
+        self.need_dx = True     # False for the first layer: nobody wants the gradient of the input
+        self._bufs: dict[tuple, np.ndarray] = {}
+
+    def bind(self, params: dict, grads: dict, buffers: dict, dtype) -> None:
+        """Take views into the model's flat parameter, gradient and buffer vectors."""
+        self.params, self.grads, self.buffers = params, grads, buffers
+        self.dtype = np.dtype(dtype)
+
+    def _buf(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        key = (name, shape)
+        b = self._bufs.get(key)
+        if b is None:
+            if len(self._bufs) > 16:        # shapes come and go (last batch, eval): do not hoard
+                self._bufs.clear()
+            b = self._bufs[key] = np.empty(shape, dtype=self.dtype)
+        return b
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dY: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Linear(Layer):
+    """y = x @ W + b, with W stored (d_in, d_out) so the forward is one row-major GEMM."""
+
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.d_in, self.d_out = d_in, d_out
+        self.param_shapes = {"W": (d_in, d_out), "b": (d_out,)}
+
+    def forward(self, x, train=True):
+        self.x = x
+        y = self._buf("y", (x.shape[0], self.d_out))
+        np.matmul(x, self.params["W"], out=y)          # (B, d_in) @ (d_in, d_out) -> (B, d_out)
+        y += self.params["b"]
+        return y
+
+    def backward(self, dY):
+        np.matmul(self.x.T, dY, out=self.grads["W"])    # (d_in, B) @ (B, d_out) -> dW
+        np.sum(dY, axis=0, out=self.grads["b"])
+        if not self.need_dx:
+            return None
+        dX = self._buf("dX", self.x.shape)
+        np.matmul(dY, self.params["W"].T, out=dX)       # (B, d_out) @ (d_out, d_in) -> (B, d_in)
+        return dX
+
+    def __repr__(self):
+        return f"Linear({self.d_in}, {self.d_out})"
+
+
+class ReLU(Layer):
+    def forward(self, x, train=True):
+        self.y = self._buf("y", x.shape)
+        K.relu_fwd(flat(x), flat(self.y))
+        return self.y
+
+    def backward(self, dY):
+        K.relu_bwd(flat(dY), flat(self.y))
+        return dY
+
+
+class LeakyReLU(Layer):
+    def __init__(self, slope: float = 0.01) -> None:
+        super().__init__()
+        self.slope = float(slope)
+
+    def forward(self, x, train=True):
+        self.x = x
+        y = self._buf("y", x.shape)
+        K.leaky_fwd(flat(x), flat(y), self.slope)
+        return y
+
+    def backward(self, dY):
+        K.leaky_bwd(flat(dY), flat(self.x), self.slope)
+        return dY
+
+    def __repr__(self):
+        return f"LeakyReLU({self.slope})"
+
+
+class Sigmoid(Layer):
+    def forward(self, x, train=True):
+        y = self.y = self._buf("y", x.shape)
+        np.multiply(x, 0.5, out=y)                      # sigma(x) = (1 + tanh(x/2)) / 2: no overflow
+        np.tanh(y, out=y)
+        y += 1
+        y *= 0.5
+        return y
+
+    def backward(self, dY):
+        t = self._buf("t", dY.shape)
+        np.subtract(1, self.y, out=t)
+        t *= self.y
+        dY *= t                                         # dX = dY * y * (1 - y)
+        return dY
+
+
+class Tanh(Layer):
+    def forward(self, x, train=True):
+        self.y = self._buf("y", x.shape)
+        return np.tanh(x, out=self.y)
+
+    def backward(self, dY):
+        t = self._buf("t", dY.shape)
+        np.multiply(self.y, self.y, out=t)
+        np.subtract(1, t, out=t)
+        dY *= t                                         # dX = dY * (1 - y^2)
+        return dY
+
+
+class GELU(Layer):
+    """Exact GELU, x * Phi(x) (Hendrycks and Gimpel 2016), PyTorch's default form."""
+
+    def forward(self, x, train=True):
+        self.x = x
+        y = self._buf("y", x.shape)
+        K.gelu_fwd(flat(x), flat(y))
+        return y
+
+    def backward(self, dY):
+        K.gelu_bwd(flat(dY), flat(self.x))
+        return dY
+
+
+class Dropout(Layer):
+    """Inverted dropout (Srivastava et al. 2014): train scales kept units by 1/(1-p); eval is identity.
+
+    The random draws come from ``self.rng``, a ``numpy.random.Generator`` the model sets from its seed.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(0)
+        self.active = False
+
+    def forward(self, x, train=True):
+        self.active = train and self.p > 0
+        if not self.active:
+            return x
+        self.u = self._buf("u", x.shape)
+        self.rng.random(out=self.u, dtype=self.dtype.type)
+        y = self._buf("y", x.shape)
+        K.dropout_fwd(flat(x), flat(self.u), flat(y), self.p, 1.0 / (1.0 - self.p))
+        return y
+
+    def backward(self, dY):
+        if self.active:
+            K.dropout_bwd(flat(dY), flat(self.u), self.p, 1.0 / (1.0 - self.p))
+        return dY
+
+    def __repr__(self):
+        return f"Dropout({self.p})"
+
+
+class BatchNorm1d(Layer):
+    """Batch normalization over the batch axis (Ioffe and Szegedy 2015), PyTorch's conventions.
+
+    Train mode normalizes with the batch mean and biased variance and updates the running statistics
+    (with the unbiased variance); eval mode normalizes with the running statistics.
+    """
+
+    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.C, self.momentum, self.eps = num_features, float(momentum), float(eps)
+        self.param_shapes = {"gamma": (num_features,), "beta": (num_features,)}
+        self.buffer_shapes = {"running_mean": (num_features,), "running_var": (num_features,)}
+
+    def forward(self, x, train=True):
+        B = x.shape[0]
+        xh = self.x_hat = self._buf("x_hat", x.shape)
+        self.train = train
+        if train:
+            if B < 2:
+                raise ValueError("BatchNorm1d: a training batch needs at least 2 examples")
+            mean = np.mean(x, axis=0, dtype=self.dtype)
+            np.subtract(x, mean, out=xh)
+            var = np.mean(self._sq(xh), axis=0, dtype=self.dtype)       # biased, for normalizing
+            m = self.dtype.type(self.momentum)
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm *= 1 - m
+            rm += m * mean
+            rv *= 1 - m
+            rv += (m * self.dtype.type(B / (B - 1))) * var                 # unbiased, for running
+        else:
+            np.subtract(x, self.buffers["running_mean"], out=xh)
+            var = self.buffers["running_var"]
+        self.inv_std = 1 / np.sqrt(var + self.dtype.type(self.eps))
+        xh *= self.inv_std
+        y = self._buf("y", x.shape)
+        np.multiply(xh, self.params["gamma"], out=y)
+        y += self.params["beta"]
+        return y
+
+    def _sq(self, a):
+        t = self._buf("t", a.shape)
+        return np.multiply(a, a, out=t)
+
+    def backward(self, dY):
+        B = dY.shape[0]
+        dgamma, dbeta = self.grads["gamma"], self.grads["beta"]
+        np.sum(dY, axis=0, out=dbeta)
+        t = self._buf("t", dY.shape)
+        np.multiply(dY, self.x_hat, out=t)
+        np.sum(t, axis=0, out=dgamma)
+        if not self.need_dx:
+            return None
+        if not self.train:          # eval: the statistics are constants, the layer is affine
+            dY *= self.params["gamma"] * self.inv_std
+            return dY
+        # dX = gamma * inv_std / B * (B * dY - sum(dY) - x_hat * sum(dY * x_hat))
+        np.multiply(self.x_hat, dgamma, out=t)
+        dY *= B
+        dY -= dbeta
+        dY -= t
+        dY *= self.params["gamma"] * self.inv_std * self.dtype.type(1.0 / B)
+        return dY
+
+    def __repr__(self):
+        return f"BatchNorm1d({self.C})"
+
+
+ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": GELU}

@@ -1,0 +1,190 @@
+"""The multilayer perceptron, with every parameter in ONE flat vector.
+
+``model.params`` is one contiguous array (float32 unless asked) and every layer's W, b, gamma, beta is
+a view into it; ``model.grads`` is laid out the same way. A paradigm therefore moves one buffer per
+step (one allreduce, one push, one pull, one average), as DDP's buckets and Horovod's fusion do.
+BatchNorm's running statistics are not trained; they live in a third flat vector, ``model.buffers``.
+
+Hidden block: Linear -> [BatchNorm1d] -> activation -> [Dropout]; the last Linear gives the logits.
+``MLP([64, 10])`` has no hidden layer: multinomial logistic regression.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .init import INITIALIZERS, init_weight
+from .layers import ACTIVATIONS, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear
+from .loss import SoftmaxCrossEntropy
+
+__all__ = ["MLP", "parse_hidden"]
+
+_INIT_PURPOSE, _DROPOUT_PURPOSE = 1, 2
+
+
+def parse_hidden(text: str) -> list[int]:
+    """``"512,256,128"`` -> [512, 256, 128]; ``""`` or ``"none"`` -> [] (logistic regression)."""
+    text = text.strip()
+    if text in ("", "none", "0"):
+        return []
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"hidden sizes must be comma-separated integers, got {text!r}") from None
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+class MLP:
+    """An MLP over flat parameter/gradient vectors; see the module docstring."""
+
+    def __init__(self, sizes: Sequence[int], *, activation: str = "relu", dropout: float = 0.0,
+                 batchnorm: bool = False, init: str = "auto", leaky_slope: float = 0.01,
+                 dtype=np.float32, seed: int = 0) -> None:
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or any(s <= 0 for s in sizes):
+            raise ValueError(f"MLP needs at least [inputs, outputs], all positive; got {sizes}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if init == "auto":      # He for the ReLU family, Xavier for saturating activations
+            init = "xavier_uniform" if activation in ("tanh", "sigmoid") else "he_uniform"
+        if init not in INITIALIZERS:
+            raise ValueError(f"unknown initializer {init!r}; choose from auto, {', '.join(INITIALIZERS)}")
+        self.sizes, self.activation, self.dropout, self.batchnorm = sizes, activation, dropout, batchnorm
+        self.init, self.seed, self.dtype = init, seed, np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"MLP dtype must be float32 or float64, got {self.dtype}")
+
+        layers: list[Layer] = []
+        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Linear(d_in, d_out))
+            if i < len(sizes) - 2:
+                if batchnorm:
+                    layers.append(BatchNorm1d(d_out))
+                act = ACTIVATIONS[activation]
+                layers.append(LeakyReLU(leaky_slope) if act is LeakyReLU else act())
+                if dropout > 0:
+                    layers.append(Dropout(dropout))
+        self.layers = layers
+        layers[0].need_dx = False
+        self.loss_fn = SoftmaxCrossEntropy()
+
+        # One flat vector each; every layer gets views. `slices` records (layer, name, offset, shape).
+        self.slices: list[tuple[int, str, int, tuple[int, ...]]] = []
+        self.buffer_slices: list[tuple[int, str, int, tuple[int, ...]]] = []
+        n_p = n_b = 0
+        for li, layer in enumerate(layers):
+            for name, shape in layer.param_shapes.items():
+                self.slices.append((li, name, n_p, shape))
+                n_p += int(np.prod(shape))
+            for name, shape in layer.buffer_shapes.items():
+                self.buffer_slices.append((li, name, n_b, shape))
+                n_b += int(np.prod(shape))
+        self.params = np.zeros(n_p, dtype=self.dtype)
+        self.grads = np.zeros(n_p, dtype=self.dtype)
+        self.buffers = np.zeros(n_b, dtype=self.dtype)
+        views = [({}, {}, {}) for _ in layers]
+        for li, name, off, shape in self.slices:
+            size = int(np.prod(shape))
+            views[li][0][name] = self.params[off:off + size].reshape(shape)
+            views[li][1][name] = self.grads[off:off + size].reshape(shape)
+        for li, name, off, shape in self.buffer_slices:
+            views[li][2][name] = self.buffers[off:off + int(np.prod(shape))].reshape(shape)
+        for layer, (p, g, b) in zip(layers, views):
+            layer.bind(p, g, b, self.dtype)
+        self.reset_parameters()
+        self.seed_dropout(0)
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Weights from the initializer (seeded by ``seed``), biases 0, BatchNorm gamma 1 / beta 0."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _INIT_PURPOSE]))
+        for layer in self.layers:
+            if isinstance(layer, Linear):
+                init_weight(layer.params["W"], self.init, rng)
+                layer.params["b"][...] = 0
+            elif isinstance(layer, BatchNorm1d):
+                layer.params["gamma"][...] = 1
+                layer.params["beta"][...] = 0
+                layer.buffers["running_mean"][...] = 0
+                layer.buffers["running_var"][...] = 1
+
+    def seed_dropout(self, *key: int) -> None:
+        """Give every Dropout layer its own generator from (seed, key..., layer): e.g. key = (epoch,)
+        or (epoch, rank), so that a resumed run draws the same masks as an uninterrupted one."""
+        for li, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                ss = np.random.SeedSequence([self.seed, _DROPOUT_PURPOSE, *key, li])
+                layer.rng = np.random.default_rng(ss)
+
+    # -- compute -----------------------------------------------------------------------------------
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"MLP expects input of shape (batch, {self.sizes[0]}), got {x.shape}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        """Logits (B, classes). The returned array is reused by the next forward."""
+        h = self._check_input(x)
+        for layer in self.layers:
+            h = layer.forward(h, train)
+        return h
+
+    def backward(self, dlogits: np.ndarray, hook: Callable[[int], None] | None = None) -> None:
+        """Fill ``self.grads`` (overwriting it). ``hook(i)`` runs after layer i's gradients are
+        final, from the last layer down: a data-parallel trainer can start sending them early."""
+        d = dlogits
+        for i in range(len(self.layers) - 1, -1, -1):
+            d = self.layers[i].backward(d)
+            if hook is not None:
+                hook(i)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, *, scale: float | None = None,
+                   hook: Callable[[int], None] | None = None) -> tuple[float, int]:
+        """Forward, loss, backward in train mode. Returns (mean loss, number correct); the gradient
+        is that of the mean loss, or of the loss summed with weight ``scale`` per example."""
+        logits = self.forward(x, train=True)
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        loss = self.loss_fn.forward(logits, y)
+        self.backward(self.loss_fn.backward(scale), hook)
+        return loss, correct
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024) -> tuple[float, float]:
+        """(mean loss, accuracy) in eval mode, in batches."""
+        n = len(y)
+        if n == 0:
+            return float("nan"), float("nan")
+        total_loss, correct = 0.0, 0
+        for s in range(0, n, batch_size):
+            logits = self.forward(x[s:s + batch_size], train=False)
+            yb = y[s:s + batch_size]
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+            total_loss += self.loss_fn.forward(logits, yb) * len(yb)
+        return total_loss / n, correct / n
+
+    def predict(self, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+        """Predicted classes in eval mode."""
+        return np.concatenate([self.forward(x[s:s + batch_size], train=False).argmax(axis=1)
+                               for s in range(0, len(x), batch_size)] or [np.zeros(0, np.int64)])
+
+    # -- description -------------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return self.params.size
+
+    def config(self) -> dict:
+        """What defines the architecture (checked when a checkpoint is loaded)."""
+        return {"sizes": self.sizes, "activation": self.activation, "dropout": self.dropout,
+                "batchnorm": self.batchnorm, "init": self.init, "dtype": self.dtype.name}
+
+    def describe(self) -> str:
+        kind = "logistic regression" if len(self.sizes) == 2 else f"MLP, {self.activation}"
+        extra = (", batchnorm" if self.batchnorm else "") + (f", dropout {self.dropout}" if self.dropout else "")
+        return (f"{'-'.join(map(str, self.sizes))} ({kind}{extra}): {self.num_params:,} parameters, "
+                f"{self.params.nbytes / 2**20:.2f} MiB {self.dtype.name}")
+
+    def __repr__(self) -> str:
+        return f"MLP({self.sizes}, layers=[{', '.join(map(repr, self.layers))}])"
