@@ -2,6 +2,8 @@
 import sys
 
 TOOLS = [
+    ("mpisim.centralized", "train the MLP in one process: the baseline for every paradigm",
+     "python -m mpisim.centralized"),
     ("mpisim.bench", "allreduce algorithms next to MPI's own Allreduce (OSU-style table)",
      "mpiexec -n 2 python -m mpisim.bench"),
 ]

@@ -58,3 +58,17 @@ def test_demo_on_simulated_ranks():
 def test_python_m_mpisim_lists_the_tools():
     res = subprocess.run([sys.executable, "-m", "mpisim"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "mpiexec -n 2 python -m mpisim.bench" in res.stdout
+    assert "python -m mpisim.centralized" in res.stdout
+
+
+def test_bench_mlp_prints_a_row_per_batch():
+    res = subprocess.run([sys.executable, "scripts/bench_mlp.py", "--batch", "4", "16", "--hidden", "8",
+                          "--seconds", "0.05", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    rows = [ln.split() for ln in res.stdout.splitlines() if ln[:6].strip().isdigit()]
+    assert [r[0] for r in rows] == ["4", "16"]
+    assert all(float(r[1]) > 0 for r in rows)
+    bad = subprocess.run([sys.executable, "scripts/bench_mlp.py", "--batch", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "must be positive" in bad.stderr

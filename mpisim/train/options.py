@@ -1,0 +1,139 @@
+"""The command-line options every trainer shares (centralized and, later, each paradigm).
+
+``add_training_args(parser)`` adds them in groups; ``check_training_args(parser, args)`` turns a bad
+combination into argparse's usage error (exit 2); ``run_config(args)`` is the part of the options
+that defines a run, saved in checkpoints and compared on ``--resume``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+
+from ..data import DATASETS
+from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
+
+__all__ = ["add_training_args", "check_training_args", "run_config", "RESUMABLE_CHANGES"]
+
+# options that may differ between a run and its --resume (everything else must match)
+RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
+                     "download")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    v = _nonneg_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+    return v
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        return parse_hidden(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_size: int = 64,
+                      lr: float = 1e-3) -> None:
+    """Add the shared options; a paradigm may pass its own defaults for epochs, batch size and lr."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="digits: scikit-learn's 8x8 digits, no download (default); mnist: IDX files from "
+                        "--data-dir; synthetic: seeded Gaussian classes")
+    g.add_argument("--data-dir", metavar="DIR", default=None,
+                   help="where the MNIST IDX files are (default: $MPISIM_DATA)")
+    g.add_argument("--download", action="store_true", help="fetch MNIST from the public mirrors if missing")
+    g.add_argument("--val-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="hold out this fraction of the training set for validation (default 0)")
+    g.add_argument("--synthetic-size", type=_positive_int, default=10000, metavar="N",
+                   help="examples in the synthetic dataset (default 10000)")
+    g.add_argument("--synthetic-features", type=_positive_int, default=64, metavar="D",
+                   help="features of the synthetic dataset (default 64)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", type=_hidden, default=[128, 64], metavar="SIZES",
+                   help="hidden layer sizes, e.g. 512,256,128; 'none' for logistic regression (default 128,64)")
+    g.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
+    g.add_argument("--dropout", type=_fraction, default=0.0, metavar="P", help="dropout after each hidden layer")
+    g.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after each hidden Linear")
+    g.add_argument("--init", choices=["auto", *INITIALIZERS], default="auto",
+                   help="weight initializer (auto: He for ReLU-like, Xavier for tanh/sigmoid)")
+    g.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    g.add_argument("--lr", type=_nonneg_float, default=lr, help=f"learning rate (default {lr:g})")
+    g.add_argument("--momentum", type=_fraction, default=0.9, help="for momentum and nesterov (default 0.9)")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, metavar="WD",
+                   help="L2 for sgd/momentum/nesterov/adam, decoupled for adamw (default 0)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    g.add_argument("--step-size", type=_positive_int, default=3, metavar="EPOCHS",
+                   help="step schedule: decay every this many epochs (default 3)")
+    g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor (default 0.5)")
+    g.add_argument("--warmup", type=_nonneg_float, default=0.0, metavar="EPOCHS",
+                   help="linear warmup from lr/10 over this many epochs (default 0)")
+    g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"(default {epochs})")
+    g.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="B",
+                   help=f"(global) batch size (default {batch_size})")
+    g.add_argument("--seed", type=int, default=0, help="one seed for init, shuffles and dropout (default 0)")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--metrics", metavar="FILE", default=None, help="write one JSON object per epoch here")
+    g.add_argument("--plot", metavar="FILE", default=None, help="loss and accuracy curves as PNG (needs matplotlib)")
+    g.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="save a checkpoint here after every epoch (atomic, checksummed)")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint DIR")
+    g.add_argument("--stop-after", type=_positive_int, default=None, metavar="K",
+                   help="stop after epoch K as if interrupted (to try --resume)")
+    g.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for combinations argparse cannot see on its own."""
+    if args.resume and not args.checkpoint:
+        p.error("--resume needs --checkpoint DIR (the run to continue)")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+    if args.gamma <= 0:
+        p.error("--gamma must be > 0")
+    if args.dataset != "mnist" and (args.data_dir or args.download):
+        p.error(f"--data-dir and --download are for --dataset mnist, not {args.dataset}")
+    if args.batchnorm and args.batch_size < 2:
+        p.error("--batchnorm needs --batch-size of at least 2")
+    for name in ("metrics", "plot"):
+        path = getattr(args, name)
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                p.error(f"--{name} {path}: directory {parent} does not exist")
+            if os.path.isdir(path):
+                p.error(f"--{name} {path} is a directory; give a file name")
+
+
+def run_config(args: argparse.Namespace, **extra) -> dict:
+    """The options that define a run (JSON-able), for checkpoints and for the metrics file."""
+    skip = set(RESUMABLE_CHANGES)
+    cfg = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not k.startswith("_")}
+    cfg.update(extra)
+    return cfg
