@@ -14,6 +14,7 @@ import sys
 
 from .data import DataError
 from .train import CheckpointError, add_training_args, check_training_args, train_centralized
+from .train.checkpoint import checkpoint_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +34,14 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, FloatingPointError, OSError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print(f"{p.prog}: error: out of memory for this model and dataset (--hidden {args.hidden}, "
+              f"--batch-size {args.batch_size})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
+        saved = args.checkpoint and checkpoint_path(args.checkpoint).exists()
         print(f"{p.prog}: interrupted" + (f"; the last finished epoch is in {args.checkpoint}, continue with "
-                                          f"--resume" if args.checkpoint else ""), file=sys.stderr)
+                                          f"--resume" if saved else ""), file=sys.stderr)
         return 130
     return 0
 

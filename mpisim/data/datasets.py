@@ -1,7 +1,7 @@
 """Datasets: scikit-learn's 8x8 digits (the default), MNIST from IDX files, and a synthetic one.
 
-Every loader returns a :class:`Dataset` of flat float32 features ``(N, D)`` in [0, 1] and int64
-labels. :func:`load_dataset` adds the two steps a training run wants: a seeded validation split
+Every loader returns a :class:`Dataset` of flat float32 features ``(N, D)`` (pixels in [0, 1] for
+the image sets, Gaussian values for synthetic) and int64 labels. :func:`load_dataset` adds the two steps a training run wants: a seeded validation split
 taken from the training set, and standardization with the training set's global mean and std
 (one scalar each, computed on training data only, as in LeCun et al. 1998, "Efficient BackProp").
 
@@ -195,6 +195,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = Fa
         if len(x) != len(y):
             raise DataError(f"{img_path} holds {len(x)} images but {lab_path} holds "
                             f"{len(y)} labels")
+        if len(x) == 0:
+            raise DataError(f"{img_path} holds no images (its header says 0): expected at least one")
         if y.size and (y.min() < 0 or y.max() > 9):
             raise DataError(f"{lab_path} has labels in [{y.min()}, {y.max()}], expected 0..9")
         if image_shape and x.shape[1:] != image_shape:
@@ -212,9 +214,9 @@ def make_synthetic(n: int, *, features: int = 64, classes: int = 10, seed: int =
 
     Each class owns two cluster centers drawn from N(0, s^2 I) with ``s = 4 / sqrt(D)``; an
     example is a random center of its class plus N(0, I) noise. Clusters overlap, and two per
-    class are not linearly separable: at the defaults (n=10000, D=64, 10 classes) logistic
-    regression scores about 82% on the test split, a 128-unit MLP about 92%, and the nearest
-    true center about 95%.
+    class are not linearly separable: at the defaults (n=10000, D=64, 10 classes), 10 epochs of
+    ``python -m mpisim.centralized --dataset synthetic`` reach about 83% test accuracy with
+    ``--hidden none`` (logistic regression) and about 89% with ``--hidden 128``.
     """
     if classes < 2:
         raise DataError(f"make_synthetic: classes must be >= 2, got {classes}")
@@ -230,8 +232,12 @@ def make_synthetic(n: int, *, features: int = 64, classes: int = 10, seed: int =
     centers = rng.normal(0.0, 4.0 / np.sqrt(features), size=(classes, 2, features))
     y = rng.permutation(np.arange(n) % classes)  # every class present, balanced
     which = rng.integers(0, 2, size=n)
-    x = centers[y, which] + rng.normal(0.0, 1.0, size=(n, features))
-    x, y = x.astype(np.float32), y.astype(np.int64)
+    x = rng.standard_normal(size=(n, features), dtype=np.float32)     # float32 from the start
+    for c in range(classes):                                           # no (n, D) float64 temporary
+        for w in range(2):
+            rows = np.flatnonzero((y == c) & (which == w))
+            x[rows] += centers[c, w].astype(np.float32)
+    y = y.astype(np.int64)
     k = n - n_test
     return Dataset("synthetic", x[:k], y[:k], x[k:], y[k:], num_classes=classes,
                    image_shape=(features,))

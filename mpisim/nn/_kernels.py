@@ -1,7 +1,7 @@
 """Numba-fused elementwise kernels for the layers and optimizers.
 
 Each kernel makes one pass over flat, contiguous arrays and writes in place or into a given output,
-so a training step allocates nothing. They compile once per dtype (float32, float64) and are cached
+so no activation-sized temporary is allocated. They compile once per dtype (float32, float64) and are cached
 on disk. Scalars arrive as Python floats; the arithmetic is done in the array's own dtype where it
 matters for matching PyTorch (the optimizer), and nothing is ever stored as float64 by accident.
 """
@@ -21,7 +21,7 @@ INV_SQRT_2PI = 0.3989422804014327
 def relu_fwd(x, y):
     for i in range(x.size):
         v = x[i]
-        y[i] = v if v > 0 else 0
+        y[i] = v if not v <= 0 else 0       # NaN stays NaN, as in PyTorch
 
 
 @_jit
@@ -51,18 +51,22 @@ def leaky_bwd(dy, x, slope):
 @_jit
 def gelu_fwd(x, y):
     """Exact GELU, x * Phi(x), as PyTorch's default."""
+    t = x.dtype.type                        # constants in the array's dtype: float32 math stays float32
+    half, one, c = t(0.5), t(1.0), t(SQRT_HALF)
     for i in range(x.size):
         v = x[i]
-        y[i] = 0.5 * v * (1.0 + math.erf(v * SQRT_HALF))
+        y[i] = half * v * (one + math.erf(v * c))
 
 
 @_jit
 def gelu_bwd(dy, x):
     """dy <- dy * (Phi(x) + x * phi(x)), in place."""
+    t = x.dtype.type
+    half, one, c, k = t(0.5), t(1.0), t(SQRT_HALF), t(INV_SQRT_2PI)
     for i in range(dy.size):
         v = x[i]
-        cdf = 0.5 * (1.0 + math.erf(v * SQRT_HALF))
-        pdf = INV_SQRT_2PI * math.exp(-0.5 * v * v)
+        cdf = half * (one + math.erf(v * c))
+        pdf = k * math.exp(-half * v * v)
         dy[i] = dy[i] * (cdf + v * pdf)
 
 

@@ -6,7 +6,7 @@ returns the output and keeps what backward needs; ``backward(dY)`` writes the pa
 (it overwrites them, it never accumulates) and returns ``dX``.
 
 Outputs live in buffers the layer owns and reuses from step to step, so a training step allocates
-nothing: the array a layer returns is valid until its next forward. ``backward`` may overwrite the
+no activation-sized array: the array a layer returns is valid until its next forward. ``backward`` may overwrite the
 ``dY`` it is given (it belongs to the layer above, which is done with it).
 """
 from __future__ import annotations

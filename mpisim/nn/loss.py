@@ -43,7 +43,7 @@ class SoftmaxCrossEntropy:
         self.labels, self.rows = labels, rows
         if B == 0:
             return 0.0
-        return float(np.mean(np.log(s[:, 0]) - picked, dtype=np.float64))
+        return float(np.mean(np.log(s[:, 0]) - picked))
 
     def backward(self, scale: float | None = None) -> np.ndarray:
         """dL/dlogits, written into the softmax buffer (valid until the next forward)."""

@@ -26,7 +26,7 @@ _INIT_PURPOSE, _DROPOUT_PURPOSE = 1, 2
 def parse_hidden(text: str) -> list[int]:
     """``"512,256,128"`` -> [512, 256, 128]; ``""`` or ``"none"`` -> [] (logistic regression)."""
     text = text.strip()
-    if text in ("", "none", "0"):
+    if text in ("", "none"):
         return []
     try:
         sizes = [int(s) for s in text.split(",")]

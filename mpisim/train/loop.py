@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +22,7 @@ from .metrics import MetricsLog, plot_curves, progress_line
 from .options import run_config
 
 __all__ = ["build_dataset", "build_model", "build_optimizer", "build_schedule", "restore_state",
-           "save_state", "RunState", "train_centralized", "gather_batch"]
+           "save_state", "RunState", "train_centralized", "gather_batch", "data_fingerprint"]
 
 
 def build_dataset(args: argparse.Namespace) -> Dataset:
@@ -53,11 +54,13 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
-def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, config: dict, history: list[dict]) -> None:
-    """Checkpoint after ``epoch`` epochs: parameters, BatchNorm buffers, optimizer state, history."""
+def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, epochs: int, config: dict,
+               history: list[dict]) -> None:
+    """Checkpoint after ``epoch`` of ``epochs`` epochs: parameters, BatchNorm buffers, optimizer state,
+    the run's options and the metrics so far."""
     arrays = {"params": model.params, "buffers": model.buffers,
               **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
-    save_checkpoint(directory, arrays, {"epoch": epoch, "config": config, "history": history,
+    save_checkpoint(directory, arrays, {"epoch": epoch, "epochs": epochs, "config": config, "history": history,
                                         "model": model.config(), "optimizer": opt.name})
 
 
@@ -76,6 +79,10 @@ def restore_state(args: argparse.Namespace, model: MLP, opt: Optimizer, config: 
     arrays, meta = load_checkpoint(args.checkpoint)
     where = checkpoint_path(args.checkpoint)
     saved = meta.get("config", {})
+    old_epochs = meta.get("epochs")
+    if config.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
+        raise CheckpointError(f"{where} was a run of {old_epochs} epochs with --schedule cosine, whose learning "
+                              f"rate depends on the number of epochs: resume it with --epochs {old_epochs}")
     diffs = [f"--{k.replace('_', '-')}: checkpoint has {saved.get(k)!r}, this run has {config.get(k)!r}"
              for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
     if diffs:
@@ -94,11 +101,17 @@ def restore_state(args: argparse.Namespace, model: MLP, opt: Optimizer, config: 
     return RunState(start_epoch=int(meta["epoch"]), history=list(meta.get("history", [])))
 
 
+def data_fingerprint(ds: Dataset) -> str:
+    """A short description plus a checksum of the labels, so a resume on other data is caught."""
+    crc = zlib.crc32(ds.y_train.tobytes()) ^ zlib.crc32(ds.y_test.tobytes())
+    return f"{ds.describe()} labels crc32 {crc:08x}"
+
+
 def gather_batch(x: np.ndarray, idx: np.ndarray, out: np.ndarray | None) -> np.ndarray:
     """Rows ``idx`` of ``x``, into a reused buffer when the size allows (no allocation per step)."""
     if out is None or out.shape[0] != len(idx):
         return x[idx]
-    return np.take(x, idx, axis=0, out=out)
+    return np.take(x, idx, axis=0, out=out, mode="clip")    # 'raise' would buffer a copy of out
 
 
 def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
@@ -107,7 +120,7 @@ def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
     model = build_model(args, ds)
     opt = build_optimizer(args, model)
     lr_at = build_schedule(args)
-    config = run_config(args, paradigm="centralized")
+    config = run_config(args, paradigm="centralized", data=data_fingerprint(ds))
     state = restore_state(args, model, opt, config)
     log = MetricsLog(args.metrics, state.history)
     say = (lambda *a: None) if args.quiet else (lambda s: print(s, file=out or sys.stdout, flush=True))
@@ -152,9 +165,11 @@ def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
         log.add(rec)
         say(progress_line(rec, args.epochs))
         if args.checkpoint:
-            save_state(args.checkpoint, model, opt, epoch=epoch + 1, config=config, history=log.records)
+            save_state(args.checkpoint, model, opt, epoch=epoch + 1, epochs=args.epochs, config=config,
+                       history=log.records)
         if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
-            say(f"stopping after epoch {epoch + 1} as asked (--stop-after); continue with --resume")
+            say(f"stopping after epoch {epoch + 1} as asked (--stop-after)"
+                + ("; continue with --resume" if args.checkpoint else "; nothing saved (no --checkpoint)"))
             break
     if args.plot and log.records:
         plot_curves(log.records, args.plot, title=f"centralized, {ds.name}, {model.describe()}")

@@ -30,6 +30,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
 def _nonneg_float(text: str) -> float:
     try:
         v = float(text)
@@ -90,13 +100,13 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--schedule", choices=SCHEDULES, default="constant")
     g.add_argument("--step-size", type=_positive_int, default=3, metavar="EPOCHS",
                    help="step schedule: decay every this many epochs (default 3)")
-    g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor (default 0.5)")
+    g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor in (0, 1] (default 0.5)")
     g.add_argument("--warmup", type=_nonneg_float, default=0.0, metavar="EPOCHS",
                    help="linear warmup from lr/10 over this many epochs (default 0)")
     g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"(default {epochs})")
     g.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="B",
                    help=f"(global) batch size (default {batch_size})")
-    g.add_argument("--seed", type=int, default=0, help="one seed for init, shuffles and dropout (default 0)")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="one seed for init, shuffles and dropout (default 0)")
 
     g = p.add_argument_group("output")
     g.add_argument("--metrics", metavar="FILE", default=None, help="write one JSON object per epoch here")
@@ -115,8 +125,10 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error("--resume needs --checkpoint DIR (the run to continue)")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
-    if args.gamma <= 0:
-        p.error("--gamma must be > 0")
+    if not 0 < args.gamma <= 1:
+        p.error(f"--gamma must be in (0, 1], got {args.gamma}")
+    if args.optimizer == "nesterov" and args.momentum <= 0:
+        p.error("--optimizer nesterov needs --momentum > 0")
     if args.dataset != "mnist" and (args.data_dir or args.download):
         p.error(f"--data-dir and --download are for --dataset mnist, not {args.dataset}")
     if args.batchnorm and args.batch_size < 2:
@@ -129,6 +141,17 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
                 p.error(f"--{name} {path}: directory {parent} does not exist")
             if os.path.isdir(path):
                 p.error(f"--{name} {path} is a directory; give a file name")
+            if not os.access(parent, os.W_OK):
+                p.error(f"--{name} {path}: cannot write in {parent}")
+    if args.checkpoint:
+        ck = os.path.abspath(args.checkpoint)
+        if os.path.exists(ck) and not os.path.isdir(ck):
+            p.error(f"--checkpoint {args.checkpoint} is a file; give a directory")
+        existing = ck
+        while not os.path.exists(existing):          # the nearest existing ancestor must be writable
+            existing = os.path.dirname(existing)
+        if not os.access(existing, os.W_OK):
+            p.error(f"--checkpoint {args.checkpoint}: cannot write in {existing}")
 
 
 def run_config(args: argparse.Namespace, **extra) -> dict:

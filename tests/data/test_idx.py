@@ -261,3 +261,9 @@ def test_load_mnist_download(tmp_path, monkeypatch):
     monkeypatch.setattr(idx, "MNIST_MD5", sums)
     ds = load_mnist(tmp_path / "new", download=True)
     assert ds.x_train.shape == (20, 784)
+
+
+def test_load_mnist_empty_test_set(tmp_path):
+    write_mnist(tmp_path, n_test=0)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz holds no images"):
+        load_mnist(tmp_path)

@@ -48,9 +48,7 @@ def test_adam_rule_by_hand():
 def test_state_saves_and_restores_exactly(name):
     kw = {"lr": 0.01, "weight_decay": 1e-3}
     p1, t = quadratic(name, steps=5, **kw)
-    a = make_optimizer(name, p1, np.zeros_like(p1), **kw)
     g = np.zeros_like(p1)
-    a.grads = g
     # run 5 steps, save, run 5 more; a copy restored from the save must end identical
     opt = make_optimizer(name, p1, g, **kw)
     for _ in range(5):
@@ -101,6 +99,62 @@ def test_schedules():
     assert linear_scaling(0.1, 1024, 256) == pytest.approx(0.4)
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule("exp", 1.0, epochs=3)
+
+
+class Spy(np.ndarray):
+    """An array that records every ufunc call (operators, matmul, reductions) touching float64."""
+    calls: list = []
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        plain = [a.view(np.ndarray) if isinstance(a, Spy) else a for a in inputs]
+        if "out" in kw:
+            kw["out"] = tuple(o.view(np.ndarray) if isinstance(o, Spy) else o for o in kw["out"])
+        res = getattr(ufunc, method)(*plain, **kw)
+        arrays = [*plain, *kw.get("out", ()), *(res if isinstance(res, tuple) else (res,))]
+        if any(isinstance(a, (np.ndarray, np.generic)) and a.dtype == np.float64 for a in arrays) or \
+                np.dtype(kw.get("dtype") or np.float32) == np.float64:
+            Spy.calls.append(f"{ufunc.__name__}.{method}")
+        if isinstance(res, np.ndarray) and not isinstance(res, Spy):
+            res = res.view(Spy)          # temporaries are watched too
+        return res
+
+
+class SpyNumpy:
+    """numpy, except that new arrays are Spies."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def empty(self, *a, **kw):
+        return np.empty(*a, **kw).view(Spy)
+
+    def zeros(self, *a, **kw):
+        return np.zeros(*a, **kw).view(Spy)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_training_step_computes_nothing_in_float64(name, monkeypatch):
+    """Every ufunc call of a training step, an optimizer step and an evaluation, intermediates
+    included, sees only float32 (and integer) operands: no float64 scalar or temporary sneaks in."""
+    import mpisim.nn.layers
+    import mpisim.nn.loss
+    import mpisim.nn.model
+    for mod in (mpisim.nn.layers, mpisim.nn.loss, mpisim.nn.model):
+        monkeypatch.setattr(mod, "np", SpyNumpy())
+    model = MLP([12, 16, 8, 3], activation="gelu", dropout=0.3, batchnorm=True)
+    assert isinstance(model.params, Spy)
+    opt = make_optimizer(name, model.params, model.grads, lr=0.01, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 9)
+    Spy.calls = []
+    model.train_step(x, y)
+    opt.step()
+    model.evaluate(x, y)
+    assert Spy.calls == []
+    Spy.calls = []
+    model.params * np.float64(2)        # the spy itself can see a promotion
+    assert Spy.calls == ["multiply.__call__"]
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -1,5 +1,7 @@
 """The centralized trainer: options, metrics, plot, checkpoints and exact resume."""
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from mpisim.centralized import main
+import mpisim.train.checkpoint as ckmod
 from mpisim.train import CheckpointError, load_checkpoint, save_checkpoint
 from mpisim.train.checkpoint import checkpoint_path
 
@@ -105,15 +108,43 @@ def test_resume_with_more_epochs_continues(tmp_path, capsys):
     assert load_checkpoint(ck)[1]["epoch"] == 5
 
 
-def test_checkpoint_file_round_trip_and_atomicity(tmp_path):
+def test_checkpoint_file_round_trip(tmp_path):
     arrays = {"x": np.arange(5, dtype=np.float32), "y": np.zeros((2, 3))}
     save_checkpoint(tmp_path, arrays, {"epoch": 1, "note": "é"})
     got, meta = load_checkpoint(tmp_path)
     assert meta == {"epoch": 1, "note": "é"}
     np.testing.assert_array_equal(got["x"], arrays["x"])
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.mpisim"]      # no temporary left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(checkpoint_path(tmp_path).stat().st_mode) == 0o666 & ~mask
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary(tmp_path, monkeypatch, failing):
+    save_checkpoint(tmp_path, {"x": np.zeros(3)}, {"epoch": 1})
+    before = checkpoint_path(tmp_path).read_bytes()
+
+    def boom(*a, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(ckmod.os, failing, boom)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(tmp_path, {"x": np.ones(1000)}, {"epoch": 2})
+    monkeypatch.undo()
+    assert checkpoint_path(tmp_path).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.mpisim"]
+    assert load_checkpoint(tmp_path)[1] == {"epoch": 1}
+
+
+def test_cosine_resume_must_keep_the_number_of_epochs(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert run(*FAST, "--schedule", "cosine", "--checkpoint", ck, "--stop-after", "1") == 0
+    assert run("--epochs", "6", "--hidden", "32", "--quiet", "--schedule", "cosine", "--checkpoint", ck,
+               "--resume") == 1
+    assert "resume it with --epochs 3" in capsys.readouterr().err
+    assert run(*FAST, "--schedule", "cosine", "--checkpoint", ck, "--resume") == 0
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -126,6 +157,11 @@ def test_checkpoint_file_round_trip_and_atomicity(tmp_path):
     (["--dataset", "imagenet"], "invalid choice"),
     (["--data-dir", "/tmp"], "for --dataset mnist"),
     (["--metrics", "/no/such/dir/m.jsonl"], "does not exist"),
+    (["--seed", "-1"], "integer >= 0"),
+    (["--optimizer", "nesterov", "--momentum", "0"], "nesterov needs --momentum > 0"),
+    (["--gamma", "1e200"], r"--gamma must be in \(0, 1\]"),
+    (["--hidden", "0"], "must be positive"),
+    (["--checkpoint", __file__], "is a file; give a directory"),
 ])
 def test_bad_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
