@@ -50,6 +50,8 @@ def parse_args(argv=None):
         p.error(f"--hidden: {e}")
     if not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
+    if not 0 < args.seconds < 3600:       # also refuses nan and inf, which would never end
+        p.error(f"--seconds must be in (0, 3600), got {args.seconds}")
     return args
 
 

@@ -72,3 +72,7 @@ def test_bench_mlp_prints_a_row_per_batch():
     bad = subprocess.run([sys.executable, "scripts/bench_mlp.py", "--batch", "0"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "must be positive" in bad.stderr
+    for value in ("nan", "inf", "0"):
+        bad = subprocess.run([sys.executable, "scripts/bench_mlp.py", "--seconds", value], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "--seconds must be in" in bad.stderr
