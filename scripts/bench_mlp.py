@@ -23,7 +23,7 @@ import time            # noqa: E402
 
 import numpy as np     # noqa: E402
 
-from mpisim.nn import MLP, OPTIMIZERS, make_optimizer, parse_hidden   # noqa: E402
+from mpisim.nn import MLP, OPTIMIZERS, flush_denormals, make_optimizer, parse_hidden   # noqa: E402
 
 
 def positive(text: str) -> int:
@@ -158,6 +158,7 @@ def steps_per_second(step, seconds: float) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     blas = limit_blas_threads()
+    flush_denormals()          # as the trainers do; the thread's mode applies to PyTorch's kernels too
     torch_version = None
     if not args.no_torch:
         try:

@@ -6,6 +6,7 @@ initializers, optimizers and schedules. Parameters and gradients are one flat ve
 >>> opt = make_optimizer("adam", model.params, model.grads, lr=1e-3)
 >>> loss, correct = model.train_step(x, y); opt.step()      # doctest: +SKIP
 """
+from .fpenv import flush_denormals
 from .init import INITIALIZERS, init_weight
 from .layers import (ACTIVATIONS, GELU, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, ReLU, Sigmoid,
                      Tanh)
@@ -17,6 +18,6 @@ from .schedule import SCHEDULES, linear_scaling, make_schedule
 __all__ = [
     "ACTIVATIONS", "Adam", "AdamW", "BatchNorm1d", "Dropout", "GELU", "INITIALIZERS", "Layer",
     "LeakyReLU", "Linear", "MLP", "OPTIMIZERS", "Optimizer", "ReLU", "SCHEDULES", "SGD", "Sigmoid",
-    "SoftmaxCrossEntropy", "Tanh", "init_weight", "linear_scaling", "make_optimizer", "make_schedule",
+    "SoftmaxCrossEntropy", "Tanh", "flush_denormals", "init_weight", "linear_scaling", "make_optimizer", "make_schedule",
     "parse_hidden",
 ]

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..data import Dataset, epoch_permutation, load_dataset
-from ..nn import MLP, Optimizer, make_optimizer, make_schedule
+from ..nn import MLP, Optimizer, flush_denormals, make_optimizer, make_schedule
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, plot_curves, progress_line
 from .options import run_config
@@ -78,6 +78,8 @@ def restore_state(args: argparse.Namespace, model: MLP, opt: Optimizer, config: 
         return RunState()
     arrays, meta = load_checkpoint(args.checkpoint)
     where = checkpoint_path(args.checkpoint)
+    if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0 or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{where}: the metadata has no valid epoch and run options (a file from another tool?)")
     saved = meta.get("config", {})
     old_epochs = meta.get("epochs")
     if config.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
@@ -116,6 +118,15 @@ def gather_batch(x: np.ndarray, idx: np.ndarray, out: np.ndarray | None) -> np.n
 
 def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
     """Train one process on the whole training set; returns the last epoch's record (plus the model)."""
+    was_on = flush_denormals()     # subnormal floats would slow long runs several-fold (mpisim.nn.fpenv)
+    try:
+        return _train_centralized(args, out)
+    finally:
+        if was_on is False:
+            flush_denormals(False)  # leave the caller's thread as it was
+
+
+def _train_centralized(args: argparse.Namespace, out) -> dict:
     ds = build_dataset(args)
     model = build_model(args, ds)
     opt = build_optimizer(args, model)
@@ -127,7 +138,7 @@ def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
 
     say(f"centralized: {ds.describe()}")
     say(f"model {model.describe()}; {args.optimizer} lr {args.lr:g}, batch {args.batch_size}, "
-        f"{args.epochs} epochs" + (f", resuming after epoch {state.start_epoch}" if state.start_epoch else ""))
+        f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}" + (f", resuming after epoch {state.start_epoch}" if state.start_epoch else ""))
     if state.start_epoch >= args.epochs:
         say(f"the checkpoint has already done {state.start_epoch} of {args.epochs} epochs: nothing to train")
 
@@ -136,6 +147,10 @@ def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
     steps = -(-n // B)
     xb = None
     for epoch in range(state.start_epoch, args.epochs):
+        if args.stop_after is not None and epoch >= args.stop_after:
+            say(f"stopping after epoch {epoch} as asked (--stop-after {args.stop_after})"
+                + ("; continue with --resume" if args.checkpoint else "; nothing saved (no --checkpoint)"))
+            break
         t0 = time.perf_counter()
         model.seed_dropout(epoch)
         perm = epoch_permutation(n, seed=args.seed, epoch=epoch)
@@ -146,7 +161,8 @@ def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
                 continue
             opt.lr = lr_at(epoch + i / steps)
             xb = gather_batch(x_train, idx, xb)
-            loss, c = model.train_step(xb, ds.y_train[idx])
+            with np.errstate(all="ignore"):          # a diverging run is caught just below, once
+                loss, c = model.train_step(xb, ds.y_train[idx])
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}, step {i + 1}: "
                                          f"lower --lr (now {opt.lr:g})")
@@ -167,10 +183,6 @@ def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
         if args.checkpoint:
             save_state(args.checkpoint, model, opt, epoch=epoch + 1, epochs=args.epochs, config=config,
                        history=log.records)
-        if args.stop_after is not None and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
-            say(f"stopping after epoch {epoch + 1} as asked (--stop-after)"
-                + ("; continue with --resume" if args.checkpoint else "; nothing saved (no --checkpoint)"))
-            break
     if args.plot and log.records:
         plot_curves(log.records, args.plot, title=f"centralized, {ds.name}, {model.describe()}")
         say(f"plot written to {args.plot}")

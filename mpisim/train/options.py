@@ -72,7 +72,8 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
                    help="digits: scikit-learn's 8x8 digits, no download (default); mnist: IDX files from "
                         "--data-dir; synthetic: seeded Gaussian classes")
     g.add_argument("--data-dir", metavar="DIR", default=None,
-                   help="where the MNIST IDX files are (default: $MPISIM_DATA)")
+                   help="where the MNIST IDX files are (default: $MPISIM_DATA, else ~/.cache/mpisim/mnist, "
+                        "where --download puts them)")
     g.add_argument("--download", action="store_true", help="fetch MNIST from the public mirrors if missing")
     g.add_argument("--val-fraction", type=_fraction, default=0.0, metavar="F",
                    help="hold out this fraction of the training set for validation (default 0)")
@@ -84,20 +85,21 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g = p.add_argument_group("model")
     g.add_argument("--hidden", type=_hidden, default=[128, 64], metavar="SIZES",
                    help="hidden layer sizes, e.g. 512,256,128; 'none' for logistic regression (default 128,64)")
-    g.add_argument("--activation", choices=list(ACTIVATIONS), default="relu")
-    g.add_argument("--dropout", type=_fraction, default=0.0, metavar="P", help="dropout after each hidden layer")
+    g.add_argument("--activation", choices=list(ACTIVATIONS), default="relu", help="(default relu)")
+    g.add_argument("--dropout", type=_fraction, default=0.0, metavar="P", help="dropout after each hidden layer (default 0)")
     g.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after each hidden Linear")
     g.add_argument("--init", choices=["auto", *INITIALIZERS], default="auto",
                    help="weight initializer (auto: He for ReLU-like, Xavier for tanh/sigmoid)")
-    g.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default float32)")
 
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                   help="momentum and nesterov are SGD with --momentum (default adam)")
     g.add_argument("--lr", type=_nonneg_float, default=lr, help=f"learning rate (default {lr:g})")
     g.add_argument("--momentum", type=_fraction, default=0.9, help="for momentum and nesterov (default 0.9)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, metavar="WD",
                    help="L2 for sgd/momentum/nesterov/adam, decoupled for adamw (default 0)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    g.add_argument("--schedule", choices=SCHEDULES, default="constant", help="(default constant)")
     g.add_argument("--step-size", type=_positive_int, default=3, metavar="EPOCHS",
                    help="step schedule: decay every this many epochs (default 3)")
     g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor in (0, 1] (default 0.5)")
@@ -110,7 +112,8 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
 
     g = p.add_argument_group("output")
     g.add_argument("--metrics", metavar="FILE", default=None, help="write one JSON object per epoch here")
-    g.add_argument("--plot", metavar="FILE", default=None, help="loss and accuracy curves as PNG (needs matplotlib)")
+    g.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="loss and accuracy curves as PNG (needs matplotlib)")
     g.add_argument("--checkpoint", metavar="DIR", default=None,
                    help="save a checkpoint here after every epoch (atomic, checksummed)")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint DIR")
@@ -120,7 +123,8 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
 
 
 def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Usage errors (exit 2) for combinations argparse cannot see on its own."""
+    """Usage errors (exit 2) for values and combinations argparse cannot see on its own; creates the
+    missing folders of --metrics and --plot once they are known to be writable."""
     if args.resume and not args.checkpoint:
         p.error("--resume needs --checkpoint DIR (the run to continue)")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
@@ -133,16 +137,22 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error(f"--data-dir and --download are for --dataset mnist, not {args.dataset}")
     if args.batchnorm and args.batch_size < 2:
         p.error("--batchnorm needs --batch-size of at least 2")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
     for name in ("metrics", "plot"):
         path = getattr(args, name)
         if path:
             parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                p.error(f"--{name} {path}: directory {parent} does not exist")
             if os.path.isdir(path):
                 p.error(f"--{name} {path} is a directory; give a file name")
-            if not os.access(parent, os.W_OK):
-                p.error(f"--{name} {path}: cannot write in {parent}")
+            existing = parent                   # created if missing; its nearest ancestor must allow it
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing):
+                p.error(f"--{name} {path}: {existing} is a file, not a directory")
+            if not os.access(existing, os.W_OK):
+                p.error(f"--{name} {path}: cannot write in {existing}")
+            os.makedirs(parent, exist_ok=True)
     if args.checkpoint:
         ck = os.path.abspath(args.checkpoint)
         if os.path.exists(ck) and not os.path.isdir(ck):
@@ -150,6 +160,8 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         existing = ck
         while not os.path.exists(existing):          # the nearest existing ancestor must be writable
             existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            p.error(f"--checkpoint {args.checkpoint}: {existing} is a file, not a directory")
         if not os.access(existing, os.W_OK):
             p.error(f"--checkpoint {args.checkpoint}: cannot write in {existing}")
 

@@ -106,6 +106,9 @@ def test_resume_with_more_epochs_continues(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resuming after epoch 3" in out and "epoch 4/5" in out and "epoch 1/5" not in out
     assert load_checkpoint(ck)[1]["epoch"] == 5
+    assert run("--epochs", "7", "--hidden", "32", "--checkpoint", ck, "--resume", "--stop-after", "2") == 0
+    assert "stopping after epoch 5" in capsys.readouterr().out and "epoch 6/7" not in out
+    assert load_checkpoint(ck)[1]["epoch"] == 5            # nothing more was trained
 
 
 def test_checkpoint_file_round_trip(tmp_path):
@@ -156,7 +159,8 @@ def test_cosine_resume_must_keep_the_number_of_epochs(tmp_path, capsys):
     (["--resume"], "--resume needs --checkpoint"),
     (["--dataset", "imagenet"], "invalid choice"),
     (["--data-dir", "/tmp"], "for --dataset mnist"),
-    (["--metrics", "/no/such/dir/m.jsonl"], "does not exist"),
+    (["--metrics", __file__ + "/m.jsonl"], "is a file, not a directory"),
+    (["--plot", "curves.pdf"], "ending in .png"),
     (["--seed", "-1"], "integer >= 0"),
     (["--optimizer", "nesterov", "--momentum", "0"], "nesterov needs --momentum > 0"),
     (["--gamma", "1e200"], r"--gamma must be in \(0, 1\]"),
