@@ -18,8 +18,22 @@ from ._kernels import flat
 
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Dropout", "BatchNorm1d",
-    "ACTIVATIONS",
+    "ACTIVATIONS", "cached_buffer",
 ]
+
+
+def cached_buffer(cache: dict, key, shape: tuple[int, ...], dtype, *, limit: int = 16) -> np.ndarray:
+    """The array kept in ``cache`` under ``key`` (allocated on first use): an owned output buffer.
+
+    Shapes come and go (the last batch of an epoch, evaluation), so past ``limit`` entries the
+    cache starts over rather than hoarding.
+    """
+    b = cache.get(key)
+    if b is None:
+        if len(cache) > limit:
+            cache.clear()
+        b = cache[key] = np.empty(shape, dtype=dtype)
+    return b
 
 
 class Layer:
@@ -42,13 +56,7 @@ class Layer:
         self.dtype = np.dtype(dtype)
 
     def _buf(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        key = (name, shape)
-        b = self._bufs.get(key)
-        if b is None:
-            if len(self._bufs) > 16:        # shapes come and go (last batch, eval): do not hoard
-                self._bufs.clear()
-            b = self._bufs[key] = np.empty(shape, dtype=self.dtype)
-        return b
+        return cached_buffer(self._bufs, (name, shape), shape, self.dtype)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         raise NotImplementedError

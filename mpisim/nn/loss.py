@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layers import cached_buffer
+
 __all__ = ["SoftmaxCrossEntropy"]
 
 
@@ -17,15 +19,6 @@ class SoftmaxCrossEntropy:
     def __init__(self) -> None:
         self._bufs: dict[tuple, np.ndarray] = {}
 
-    def _buf(self, shape, dtype) -> np.ndarray:
-        key = (shape, np.dtype(dtype))
-        b = self._bufs.get(key)
-        if b is None:
-            if len(self._bufs) > 8:
-                self._bufs.clear()
-            b = self._bufs[key] = np.empty(shape, dtype=dtype)
-        return b
-
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
         B, C = logits.shape
         labels = np.asarray(labels)
@@ -33,7 +26,8 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"SoftmaxCrossEntropy: labels of shape {labels.shape} for logits {logits.shape}")
         if B and (labels.min() < 0 or labels.max() >= C):
             raise ValueError(f"SoftmaxCrossEntropy: labels must be in [0, {C}), got {labels.min()}..{labels.max()}")
-        p = self.probs = self._buf(logits.shape, logits.dtype)
+        p = self.probs = cached_buffer(self._bufs, (logits.shape, logits.dtype), logits.shape, logits.dtype,
+                                       limit=8)
         np.subtract(logits, logits.max(axis=1, keepdims=True), out=p)    # shift: exp never overflows
         rows = np.arange(B)
         picked = p[rows, labels]                                          # z_y - max  (B,)

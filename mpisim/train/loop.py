@@ -71,16 +71,16 @@ def restore_state(args: argparse.Namespace, model: MLP, opt: Optimizer, config: 
     """
     if not args.checkpoint:
         return RunState()
+    where = checkpoint_path(args.checkpoint)
     if not args.resume:
-        if checkpoint_path(args.checkpoint).exists():
-            raise CheckpointError(f"{checkpoint_path(args.checkpoint)} already holds a run: pass --resume to "
-                                  f"continue it, or choose another --checkpoint directory")
+        if where.exists():
+            raise CheckpointError(f"{where} already holds a run: pass --resume to continue it, or choose "
+                                  f"another --checkpoint directory")
         return RunState()
     arrays, meta = load_checkpoint(args.checkpoint)
-    where = checkpoint_path(args.checkpoint)
     if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0 or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{where}: the metadata has no valid epoch and run options (a file from another tool?)")
-    saved = meta.get("config", {})
+    saved = meta["config"]
     old_epochs = meta.get("epochs")
     if config.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
         raise CheckpointError(f"{where} was a run of {old_epochs} epochs with --schedule cosine, whose learning "
@@ -100,7 +100,7 @@ def restore_state(args: argparse.Namespace, model: MLP, opt: Optimizer, config: 
         opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
-    return RunState(start_epoch=int(meta["epoch"]), history=list(meta.get("history", [])))
+    return RunState(start_epoch=meta["epoch"], history=list(meta.get("history", [])))
 
 
 def data_fingerprint(ds: Dataset) -> str:
@@ -109,11 +109,10 @@ def data_fingerprint(ds: Dataset) -> str:
     return f"{ds.describe()} labels crc32 {crc:08x}"
 
 
-def gather_batch(x: np.ndarray, idx: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """Rows ``idx`` of ``x``, into a reused buffer when the size allows (no allocation per step)."""
-    if out is None or out.shape[0] != len(idx):
-        return x[idx]
-    return np.take(x, idx, axis=0, out=out, mode="clip")    # 'raise' would buffer a copy of out
+def gather_batch(x: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of ``x``, written into the first ``len(idx)`` rows of ``buf`` (allocated once for
+    the largest batch): no allocation per step, also for a smaller last batch."""
+    return np.take(x, idx, axis=0, out=buf[:len(idx)], mode="clip")   # 'raise' would buffer a copy
 
 
 def train_centralized(args: argparse.Namespace, *, out=None) -> dict:
@@ -145,7 +144,7 @@ def _train_centralized(args: argparse.Namespace, out) -> dict:
     n, B = ds.num_train, args.batch_size
     x_train = ds.x_train.astype(model.dtype, copy=False)
     steps = -(-n // B)
-    xb = None
+    xbuf = np.empty((min(B, n), ds.num_features), dtype=model.dtype)
     for epoch in range(state.start_epoch, args.epochs):
         if args.stop_after is not None and epoch >= args.stop_after:
             say(f"stopping after epoch {epoch} as asked (--stop-after {args.stop_after})"
@@ -160,7 +159,7 @@ def _train_centralized(args: argparse.Namespace, out) -> dict:
             if args.batchnorm and len(idx) < 2:        # BatchNorm cannot train on one example
                 continue
             opt.lr = lr_at(epoch + i / steps)
-            xb = gather_batch(x_train, idx, xb)
+            xb = gather_batch(x_train, idx, xbuf)
             with np.errstate(all="ignore"):          # a diverging run is caught just below, once
                 loss, c = model.train_step(xb, ds.y_train[idx])
             if not np.isfinite(loss):

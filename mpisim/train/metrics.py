@@ -12,11 +12,10 @@ from .checkpoint import atomic_write_bytes
 __all__ = ["MetricsLog", "progress_line", "plot_curves"]
 
 
-def _clean(v):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+def _json_line(record: dict) -> str:
+    """One record as a line of JSON; JSON has no NaN/inf, so they are written as null."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean) + "\n"
 
 
 class MetricsLog:
@@ -30,14 +29,13 @@ class MetricsLog:
         self.path = Path(path) if path else None
         self.records: list[dict] = list(history or [])
         if self.path:
-            text = "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in self.records)
-            atomic_write_bytes(self.path, text.encode())
+            atomic_write_bytes(self.path, "".join(map(_json_line, self.records)).encode())
 
     def add(self, record: dict) -> None:
         self.records.append(record)
         if self.path:
             with open(self.path, "a") as f:
-                f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+                f.write(_json_line(record))
 
 
 def _pct(v) -> str:
@@ -64,20 +62,18 @@ def plot_curves(records: list[dict], path: str | os.PathLike, *, title: str = ""
     import matplotlib.pyplot as plt
 
     x = [r[unit] for r in records]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("loss", "train loss"), ("val_loss", "val loss"), ("test_loss", "test loss")):
-        ys = [r.get(key) for r in records]
-        if any(y is not None for y in ys):
-            a1.plot(x, [math.nan if y is None else y for y in ys], marker="o", label=label)
-    for key, label in (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")):
-        ys = [r.get(key) for r in records]
-        if any(y is not None for y in ys):
-            a2.plot(x, [math.nan if y is None else 100 * y for y in ys], marker="o", label=label)
-    a1.set(xlabel=unit, ylabel="cross-entropy", title="loss")
-    a2.set(xlabel=unit, ylabel="accuracy (%)", title="accuracy")
-    for a in (a1, a2):
-        a.grid(alpha=0.3)
-        a.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = [("loss", "cross-entropy", 1,
+               (("loss", "train loss"), ("val_loss", "val loss"), ("test_loss", "test loss"))),
+              ("accuracy", "accuracy (%)", 100, (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")))]
+    for ax, (name, ylabel, scale, curves) in zip(axes, panels):
+        for key, label in curves:
+            ys = [r.get(key) for r in records]
+            if any(y is not None for y in ys):
+                ax.plot(x, [math.nan if y is None else scale * y for y in ys], marker="o", label=label)
+        ax.set(xlabel=unit, ylabel=ylabel, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

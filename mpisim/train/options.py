@@ -20,24 +20,21 @@ RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_
                      "download")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= minimum, described as ``what`` in the error."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+_positive_int = _int_at_least(1, "a positive integer")
+_nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def _nonneg_float(text: str) -> float:
@@ -142,28 +139,28 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     for name in ("metrics", "plot"):
         path = getattr(args, name)
         if path:
-            parent = os.path.dirname(os.path.abspath(path))
             if os.path.isdir(path):
                 p.error(f"--{name} {path} is a directory; give a file name")
-            existing = parent                   # created if missing; its nearest ancestor must allow it
-            while not os.path.exists(existing):
-                existing = os.path.dirname(existing)
-            if not os.path.isdir(existing):
-                p.error(f"--{name} {path}: {existing} is a file, not a directory")
-            if not os.access(existing, os.W_OK):
-                p.error(f"--{name} {path}: cannot write in {existing}")
+            parent = os.path.dirname(os.path.abspath(path))
+            _check_creatable(p, f"--{name} {path}", parent)
             os.makedirs(parent, exist_ok=True)
     if args.checkpoint:
         ck = os.path.abspath(args.checkpoint)
         if os.path.exists(ck) and not os.path.isdir(ck):
             p.error(f"--checkpoint {args.checkpoint} is a file; give a directory")
-        existing = ck
-        while not os.path.exists(existing):          # the nearest existing ancestor must be writable
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            p.error(f"--checkpoint {args.checkpoint}: {existing} is a file, not a directory")
-        if not os.access(existing, os.W_OK):
-            p.error(f"--checkpoint {args.checkpoint}: cannot write in {existing}")
+        _check_creatable(p, f"--checkpoint {args.checkpoint}", ck)
+
+
+def _check_creatable(p: argparse.ArgumentParser, option: str, directory: str) -> None:
+    """Usage error unless ``directory`` exists or can be created: its nearest existing ancestor
+    must be a writable directory."""
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        p.error(f"{option}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        p.error(f"{option}: cannot write in {existing}")
 
 
 def run_config(args: argparse.Namespace, **extra) -> dict:

@@ -31,25 +31,15 @@ def torch_twin(model: MLP):
     return torch.nn.Sequential(*mods)
 
 
-def torch_grads_flat(model: MLP, net) -> np.ndarray:
-    """torch's gradients laid out like our flat vector."""
-    out = np.zeros_like(model.grads)
-    tmods = list(net)
-    for li, name, off, shape in model.slices:
-        m = tmods[li]
-        t = {"W": lambda: m.weight.grad.T, "b": lambda: m.bias.grad, "gamma": lambda: m.weight.grad,
-             "beta": lambda: m.bias.grad}[name]()
-        out[off:off + int(np.prod(shape))] = t.detach().numpy().reshape(-1)
-    return out
-
-
-def torch_params_flat(model: MLP, net) -> np.ndarray:
+def torch_flat(model: MLP, net, *, grads: bool = False) -> np.ndarray:
+    """torch's parameters (or their gradients) laid out like our flat vector."""
     out = np.zeros_like(model.params)
     tmods = list(net)
     for li, name, off, shape in model.slices:
         m = tmods[li]
-        t = {"W": lambda: m.weight.T, "b": lambda: m.bias, "gamma": lambda: m.weight,
-             "beta": lambda: m.bias}[name]()
+        t = m.weight if name in ("W", "gamma") else m.bias      # W is stored transposed here
+        t = t.grad if grads else t
+        t = t.T if name == "W" else t
         out[off:off + int(np.prod(shape))] = t.detach().numpy().reshape(-1)
     return out
 
@@ -72,7 +62,7 @@ def test_forward_backward_match_torch(activation, batchnorm):
     assert loss == pytest.approx(tloss.item(), rel=1e-5)
     np.testing.assert_allclose(model.forward(x, train=False), net.eval()(torch.from_numpy(x)).detach().numpy(),
                                rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(model.grads, torch_grads_flat(model, net), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.grads, torch_flat(model, net, grads=True), rtol=1e-4, atol=1e-6)
     if batchnorm:     # running statistics after one training batch (the eval forward above used them)
         for layer, m in zip(model.layers, net):
             if isinstance(layer, BatchNorm1d):
@@ -107,4 +97,4 @@ def test_optimizer_steps_match_torch(name):
         topt.zero_grad()
         torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         topt.step()
-    np.testing.assert_allclose(model.params, torch_params_flat(model, net), rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(model.params, torch_flat(model, net), rtol=1e-4, atol=2e-6)
