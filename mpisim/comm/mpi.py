@@ -167,6 +167,26 @@ class MPITransport:
         self.stats.comm_time += time.perf_counter() - t0
         return _MPIRequest(self, req, buf, is_recv=True)
 
+    # -- beyond the protocol: MPI-only calls, for baselines and for ending a failed job -------------
+    def native_allreduce(self, array: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """MPI's own ``MPI_Allreduce`` (sum) of ``array`` into ``out``: the baseline the hand-written
+        algorithms are compared with. Its messages are MPI's and are not counted; its time is."""
+        as_buffer(array, "allreduce input")
+        as_buffer(out, "allreduce output")
+        t0 = time.perf_counter()
+        if out is array:
+            self.comm.Allreduce(self._MPI.IN_PLACE, out, op=self._MPI.SUM)
+        else:
+            self.comm.Allreduce(array, out, op=self._MPI.SUM)
+        self.stats.comm_time += time.perf_counter() - t0
+        return out
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job (``MPI_Abort``) with exit status ``code``."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
 
 _hook_installed = False
 
