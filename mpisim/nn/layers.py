@@ -208,6 +208,11 @@ class BatchNorm1d(Layer):
 
     Train mode normalizes with the batch mean and biased variance and updates the running statistics
     (with the unbiased variance); eval mode normalizes with the running statistics.
+
+    Synchronized BatchNorm: set ``sum_across`` to a function that sums a small vector in place over
+    all replicas (an allreduce). The batch statistics are then those of the global batch, and backward
+    sums the two reductions of dX over the replicas too, so N replicas compute what one process would
+    on the union of their batches. The layer itself knows nothing of ranks.
     """
 
     def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5) -> None:
@@ -215,17 +220,37 @@ class BatchNorm1d(Layer):
         self.C, self.momentum, self.eps = num_features, float(momentum), float(eps)
         self.param_shapes = {"gamma": (num_features,), "beta": (num_features,)}
         self.buffer_shapes = {"running_mean": (num_features,), "running_var": (num_features,)}
+        self.sum_across = None
+
+    def _batch_stats(self, x, xh):
+        """Mean and biased variance over the (global) batch; x - mean is left in xh. Returns (mean, var, B)."""
+        B = x.shape[0]
+        if self.sum_across is None:
+            mean = np.mean(x, axis=0, dtype=self.dtype)
+            np.subtract(x, mean, out=xh)
+            return mean, np.mean(self._sq(xh), axis=0, dtype=self.dtype), B
+        s = self._buf("s", (self.C + 1,))                                 # [sum x, count]
+        np.sum(x, axis=0, dtype=self.dtype, out=s[:-1])
+        s[-1] = B
+        self.sum_across(s)
+        B = int(round(float(s[-1])))
+        if B < 2:
+            raise ValueError("BatchNorm1d: a training batch needs at least 2 examples over all replicas")
+        mean = s[:-1] / self.dtype.type(B)
+        np.subtract(x, mean, out=xh)
+        q = self._buf("q", (self.C,))                                     # sum (x - mean)^2: two passes,
+        np.sum(self._sq(xh), axis=0, dtype=self.dtype, out=q)              # as accurate as the local path
+        self.sum_across(q)
+        return mean, q / self.dtype.type(B), B
 
     def forward(self, x, train=True):
-        B = x.shape[0]
         xh = self.x_hat = self._buf("x_hat", x.shape)
         self.train = train
         if train:
-            if B < 2:
+            if x.shape[0] < 2 and self.sum_across is None:
                 raise ValueError("BatchNorm1d: a training batch needs at least 2 examples")
-            mean = np.mean(x, axis=0, dtype=self.dtype)
-            np.subtract(x, mean, out=xh)
-            var = np.mean(self._sq(xh), axis=0, dtype=self.dtype)       # biased, for normalizing
+            mean, var, B = self._batch_stats(x, xh)
+            self.B = B
             m = self.dtype.type(self.momentum)
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - m
@@ -247,7 +272,6 @@ class BatchNorm1d(Layer):
         return np.multiply(a, a, out=t)
 
     def backward(self, dY):
-        B = dY.shape[0]
         dgamma, dbeta = self.grads["gamma"], self.grads["beta"]
         np.sum(dY, axis=0, out=dbeta)
         t = self._buf("t", dY.shape)
@@ -258,10 +282,17 @@ class BatchNorm1d(Layer):
         if not self.train:          # eval: the statistics are constants, the layer is affine
             dY *= self.params["gamma"] * self.inv_std
             return dY
+        sum_dy, sum_dyx = dbeta, dgamma
+        if self.sum_across is not None:     # the sums of dX run over the global batch; the parameter
+            g = self._buf("g", (2 * self.C,))   # gradients stay local (the gradient allreduce sums them)
+            g[:self.C], g[self.C:] = dbeta, dgamma
+            self.sum_across(g)
+            sum_dy, sum_dyx = g[:self.C], g[self.C:]
+        B = self.B
         # dX = gamma * inv_std / B * (B * dY - sum(dY) - x_hat * sum(dY * x_hat))
-        np.multiply(self.x_hat, dgamma, out=t)
+        np.multiply(self.x_hat, sum_dyx, out=t)
         dY *= B
-        dY -= dbeta
+        dY -= sum_dy
         dY -= t
         dY *= self.params["gamma"] * self.inv_std * self.dtype.type(1.0 / B)
         return dY
