@@ -62,8 +62,9 @@ def _hidden(text: str) -> list[int]:
 
 
 def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_size: int = 64,
-                      lr: float = 1e-3) -> None:
-    """Add the shared options; a paradigm may pass its own defaults for epochs, batch size and lr."""
+                      lr: float = 1e-3, optimizer: str = "adam", unit: str = "epoch") -> None:
+    """Add the shared options; a paradigm may pass its own defaults for epochs (or rounds, with
+    ``unit="round"``, which also leaves the batch size to the paradigm), batch size, lr and optimizer."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="digits: scikit-learn's 8x8 digits, no download (default); mnist: IDX files from "
@@ -90,8 +91,8 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default float32)")
 
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                   help="momentum and nesterov are SGD with --momentum (default adam)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer,
+                   help=f"momentum and nesterov are SGD with --momentum (default {optimizer})")
     g.add_argument("--lr", type=_nonneg_float, default=lr, help=f"learning rate (default {lr:g})")
     g.add_argument("--momentum", type=_fraction, default=0.9, help="for momentum and nesterov (default 0.9)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, metavar="WD",
@@ -102,20 +103,25 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor in (0, 1] (default 0.5)")
     g.add_argument("--warmup", type=_nonneg_float, default=0.0, metavar="EPOCHS",
                    help="linear warmup from lr/10 over this many epochs (default 0)")
-    g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"(default {epochs})")
-    g.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="B",
-                   help=f"(global) batch size (default {batch_size})")
+    if unit == "round":          # federated: rounds of local training; the batch is the clients' own
+        g.add_argument("--rounds", dest="epochs", type=_positive_int, default=epochs,
+                       help=f"communication rounds (default {epochs})")
+        p.set_defaults(batch_size=None)
+    else:
+        g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"(default {epochs})")
+        g.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="B",
+                       help=f"(global) batch size (default {batch_size})")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="one seed for init, shuffles and dropout (default 0)")
 
     g = p.add_argument_group("output")
-    g.add_argument("--metrics", metavar="FILE", default=None, help="write one JSON object per epoch here")
+    g.add_argument("--metrics", metavar="FILE", default=None, help=f"write one JSON object per {unit} here")
     g.add_argument("--plot", metavar="FILE.png", default=None,
                    help="loss and accuracy curves as PNG (needs matplotlib)")
     g.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="save a checkpoint here after every epoch (atomic, checksummed)")
+                   help=f"save a checkpoint here after every {unit} (atomic, checksummed)")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint DIR")
     g.add_argument("--stop-after", type=_positive_int, default=None, metavar="K",
-                   help="stop after epoch K as if interrupted (to try --resume)")
+                   help=f"stop after {unit} K as if interrupted (to try --resume)")
     g.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -132,7 +138,7 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error("--optimizer nesterov needs --momentum > 0")
     if args.dataset != "mnist" and (args.data_dir or args.download):
         p.error(f"--data-dir and --download are for --dataset mnist, not {args.dataset}")
-    if args.batchnorm and args.batch_size < 2:
+    if args.batchnorm and args.batch_size is not None and args.batch_size < 2:
         p.error("--batchnorm needs --batch-size of at least 2")
     if args.plot and not args.plot.lower().endswith(".png"):
         p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")

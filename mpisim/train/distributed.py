@@ -1,0 +1,349 @@
+"""What every distributed paradigm shares: the launch (MPI or ``--sim N``), failure handling, resuming
+from a checkpoint on rank 0, and the communication ledger with its table.
+
+* :func:`launch` runs ``body(transport, args)`` on every rank: under ``mpiexec`` one process per rank
+  (mpi4py), or with ``--sim N`` on N simulated ranks (threads of this process). Same code, other
+  transport. An error on any rank ends the whole job with exit status 1 and a message naming the rank
+  (``MPI_Abort`` under MPI, the simulated cluster's abort otherwise): nothing waits forever.
+* :class:`Meter` keeps one rank's ledger: messages and bytes by category (``payload``: the parameter
+  and gradient vectors the formulas count; ``control``: headers, metrics and checkpoint traffic), and
+  seconds of computation and communication.
+* :func:`comm_report` gathers the ledgers on rank 0 (after the run, uncounted) and prints them per
+  role next to the closed forms, with a column saying whether measured and formula agree.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..comm import CommError, CommTimeout, DeadlockError, RankError, SimCluster, bcast, gather
+from ..data import DataError
+from ..nn import MLP, Optimizer, flush_denormals
+from .checkpoint import CheckpointError
+from .loop import RunState, restore_state
+from .options import _int_at_least, run_config
+
+__all__ = ["add_cluster_args", "check_cluster_args", "launch", "Meter", "comm_report", "Formula",
+           "share_resume", "paradigm_config", "ParadigmError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
+           "default_to_sim", "under_mpiexec"]
+
+
+class ParadigmError(RuntimeError):
+    """A run that cannot go on (a wrong rank count, a diverged loss): a message, not a traceback."""
+
+
+# errors a user can cause and read: printed as one line naming the rank, no traceback
+EXPECTED_ERRORS = (DataError, CheckpointError, FloatingPointError, ParadigmError, CommError, OSError, MemoryError)
+LAUNCH_OPTIONS = ("sim", "sim_timeout")
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--sim", type=_int_at_least(1, "a number of ranks >= 1"), default=None, metavar="N",
+                   help="run on N simulated ranks in this process instead of MPI (no mpiexec needed)")
+    g.add_argument("--sim-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="with --sim: fail a rank blocked this long in a receive (default 120)")
+    g.add_argument("--inject-fault", type=_fault, default=None, metavar="RANK:STEP:KIND",
+                   help="make RANK fail at its STEP-th training step (counted from 1 over the run), to see what "
+                        "a failure does: KIND raise (an exception), nan (a NaN in its input, so a NaN loss), "
+                        "kill (SIGKILL itself; under mpiexec only)")
+
+
+FAULT_KINDS = ("raise", "nan", "kill")
+
+
+def _fault(text: str) -> tuple[int, int, str]:
+    parts = text.split(":")
+    try:
+        rank, step, kind = int(parts[0]), int(parts[1]), parts[2]
+        if len(parts) != 3 or rank < 0 or step < 1 or kind not in FAULT_KINDS:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected RANK:STEP:KIND with RANK >= 0, STEP >= 1 and KIND one of "
+                                         f"{', '.join(FAULT_KINDS)}; got {text!r}") from None
+    return rank, step, kind
+
+
+def maybe_fail(args: argparse.Namespace, rank: int, step: int, x: np.ndarray) -> None:
+    """Carry out ``--inject-fault`` if it names this rank and step (``step`` counts from 1)."""
+    if args.inject_fault is None or args.inject_fault[:2] != (rank, step):
+        return
+    kind = args.inject_fault[2]
+    if kind == "raise":
+        raise RuntimeError(f"fault injected on rank {rank} at step {step} (--inject-fault)")
+    if kind == "nan":
+        x[...] = np.nan
+    else:
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_cluster_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not args.sim_timeout > 0:
+        p.error(f"--sim-timeout must be > 0, got {args.sim_timeout}")
+    if args.inject_fault and args.inject_fault[2] == "kill" and args.sim:
+        p.error("--inject-fault ...:kill kills a process: run under mpiexec, not --sim (simulated ranks share one)")
+
+
+def paradigm_config(args: argparse.Namespace, ranks: int, **extra) -> dict:
+    """The run's defining options for checkpoints: those of :func:`run_config`, without how the job
+    was launched, with the rank count (a resume must use the same)."""
+    cfg = run_config(args, ranks=ranks, **extra)
+    for k in LAUNCH_OPTIONS:
+        cfg.pop(k, None)
+    return cfg
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+def launch(prog: str, args: argparse.Namespace, body: Callable[[Any, argparse.Namespace], Any]) -> int:
+    """Run ``body(transport, args)`` on every rank; return the exit status for this process.
+
+    0: done. 1: an error on some rank (named in the message). 130: interrupted (Ctrl-C).
+    """
+    if args.sim:
+        return _launch_sim(prog, args, body)
+    from ..comm import mpi_transport
+    t = mpi_transport()          # an uncaught exception on any rank aborts the job, naming the rank
+    try:
+        _with_ftz(t, body, args)
+    except EXPECTED_ERRORS as e:
+        print(f"{prog}: error: rank {t.rank} of {t.size}: {_describe(e)}", file=sys.stderr, flush=True)
+        if t.size > 1:
+            t.abort(1)           # the other ranks may be waiting for this one: end them all
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted on rank {t.rank}", file=sys.stderr, flush=True)
+        if t.size > 1:
+            t.abort(130)
+        return 130
+    return 0
+
+
+def _with_ftz(t, body, args):
+    was_on = flush_denormals()   # per thread: subnormal floats would slow long runs several-fold
+    try:
+        return body(t, args)
+    finally:
+        if was_on is False:
+            flush_denormals(False)   # a rank run on the caller's thread leaves it as it was
+
+
+def _launch_sim(prog: str, args: argparse.Namespace, body) -> int:
+    cluster = SimCluster(args.sim, timeout=args.sim_timeout)
+    try:
+        cluster.run(_with_ftz, body, args)
+    except RankError as e:
+        if not isinstance(e.exc, EXPECTED_ERRORS):
+            traceback.print_exception(type(e.exc), e.exc, e.exc.__traceback__, file=sys.stderr)
+        print(f"{prog}: error: rank {e.rank} of {e.size} failed: {_describe(e.exc)}", file=sys.stderr, flush=True)
+        return 1
+    except (DeadlockError, CommTimeout) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+# -- resuming ------------------------------------------------------------------------------------------
+def share_resume(t, args: argparse.Namespace, model: MLP, opt: Optimizer | None, config: dict) -> RunState:
+    """Rank 0 restores ``--checkpoint`` (if resuming) and broadcasts parameters, BatchNorm buffers,
+    optimizer state and the epoch to every rank; other ranks get the history-free :class:`RunState`.
+
+    A bad checkpoint raises on rank 0 only, which ends the job with a message naming rank 0.
+    """
+    state = restore_state(args, model, opt, config) if t.rank == 0 else RunState()
+    if not args.resume:
+        return state
+    head = bcast(t, np.array([state.start_epoch], dtype=np.int64))
+    arrays = [model.params, model.buffers]
+    if opt is not None:
+        sd = opt.state_dict()
+        arrays += [sd[k] for k in sorted(sd) if k != "steps"]
+        steps = bcast(t, np.atleast_1d(sd["steps"]).astype(np.int64))
+    for a in arrays:
+        a[...] = bcast(t, a)
+    if opt is not None:
+        opt.load_state_dict({**{k: v for k, v in zip(sorted(k for k in sd if k != "steps"), arrays[2:])},
+                             "steps": steps[0]})
+    if t.rank != 0:
+        state.start_epoch = int(head[0])
+    return state
+
+
+# -- the ledger ----------------------------------------------------------------------------------------
+_FIELDS = ("messages_sent", "bytes_sent", "messages_received", "bytes_received", "comm_time")
+
+
+class Meter:
+    """One rank's ledger of communication by category and of computation time."""
+
+    def __init__(self, t) -> None:
+        self.t = t
+        self.by: dict[str, np.ndarray] = {}
+        self.compute = 0.0
+
+    def _snap(self) -> np.ndarray:
+        s = self.t.stats
+        return np.array([getattr(s, f) for f in _FIELDS], dtype=np.float64)
+
+    @contextlib.contextmanager
+    def comm(self, category: str = "payload"):
+        """Count the messages, bytes and transport seconds of the block under ``category``."""
+        before = self._snap()
+        try:
+            yield
+        finally:
+            d = self._snap() - before
+            if category in self.by:
+                self.by[category] += d
+            else:
+                self.by[category] = d
+
+    @contextlib.contextmanager
+    def computing(self):
+        """Count the block's wall seconds as computation."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.compute += time.perf_counter() - t0
+
+    def get(self, category: str, field: str) -> float:
+        v = self.by.get(category)
+        return 0.0 if v is None else float(v[_FIELDS.index(field)])
+
+    def comm_seconds(self) -> float:
+        return float(sum(v[-1] for v in self.by.values()))
+
+    def snapshot(self) -> dict[str, float]:
+        """Payload counters and times so far (for per-epoch deltas in the metrics file)."""
+        return {"payload_messages": self.get("payload", "messages_sent"),
+                "payload_bytes": self.get("payload", "bytes_sent"),
+                "compute_s": self.compute, "comm_s": self.comm_seconds()}
+
+
+@dataclass
+class Formula:
+    """The closed form of one role's payload: text and value of messages and bytes sent and received,
+    summed over the ranks of the role."""
+    text: str
+    messages_sent: int
+    bytes_sent: int
+    messages_received: int
+    bytes_received: int
+
+
+def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str, Formula | None],
+                legend: str, categories: tuple[str, ...] = ("payload", "control")) -> tuple[str, bool] | None:
+    """Gather every rank's ledger on rank 0 (these messages are not counted) and return (the table,
+    whether every payload agrees with its formula) there; None on other ranks."""
+    vec = np.zeros(len(categories) * len(_FIELDS) + 1, dtype=np.float64)
+    for i, c in enumerate(categories):
+        if c in meter.by:
+            vec[i * len(_FIELDS):(i + 1) * len(_FIELDS)] = meter.by[c]
+    vec[-1] = meter.compute
+    allv = gather(t, vec, root=0)
+    if t.rank != 0:
+        return None
+    allv = allv.reshape(t.size, -1)
+    head = (f"{'role':<8} {'ranks':>5}  {'what':<8} {'msgs sent':>10} {'bytes sent':>15} {'msgs recv':>10} "
+            f"{'bytes recv':>15} {'compute s':>9} {'comm s':>8}  formula (bytes sent)")
+    lines = [legend, head, "-" * len(head)]
+    all_ok = True
+    for role, ranks in roles.items():
+        if not ranks:
+            continue
+        rows = allv[ranks]
+        compute = rows[:, -1].mean()
+        for i, c in enumerate(categories):
+            s = rows[:, i * len(_FIELDS):(i + 1) * len(_FIELDS)].sum(axis=0)
+            comm_s = rows[:, i * len(_FIELDS) + 4].mean()
+            f = formulas.get(role) if c == "payload" else None
+            note = ""
+            if f is not None:
+                ok = (int(s[0]), int(s[1]), int(s[2]), int(s[3])) == (
+                    f.messages_sent, f.bytes_sent, f.messages_received, f.bytes_received)
+                all_ok &= ok
+                note = f"{f.text} = {f.bytes_sent:,}  " + ("agrees" if ok else
+                        f"DIFFERS (formula: {f.messages_sent:,} msgs sent, {f.messages_received:,} msgs / "
+                        f"{f.bytes_received:,} B received)")
+            lines.append(f"{role if i == 0 else '':<8} {len(ranks) if i == 0 else '':>5}  {c:<8} {int(s[0]):>10,} "
+                         f"{int(s[1]):>15,} {int(s[2]):>10,} {int(s[3]):>15,} "
+                         f"{compute if i == 0 else float('nan'):>9.2f} {comm_s:>8.2f}  {note}".replace(" nan", "    "))
+    lines.append("compute s and comm s: mean per rank of the role; comm s is time inside transport calls "
+                 "(waiting included)")
+    return "\n".join(lines), all_ok
+
+
+# -- rank 0's side of a run: evaluate, print, log, checkpoint, plot ------------------------------------
+def under_mpiexec() -> bool:
+    """True when this process was started by an MPI launcher (MPICH's hydra, Open MPI, PMIx)."""
+    import os
+    return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_FD"))
+
+
+def default_to_sim(args: argparse.Namespace, n: int, prog: str) -> None:
+    """Not started by mpiexec and no --sim: run on ``n`` simulated ranks (and say so)."""
+    if args.sim is None and not under_mpiexec():
+        args.sim = n
+        if not args.quiet:
+            print(f"{prog}: not started by mpiexec, so running on {n} simulated ranks (--sim {n}); "
+                  f"use 'mpiexec -n N {prog}' for real processes", flush=True)
+
+
+class Reporter:
+    """Rank 0's bookkeeping of a distributed run, the same as the centralized trainer's: one progress
+    line and one metrics record per epoch (or round), a checkpoint after each, the curves at the end."""
+
+    def __init__(self, args: argparse.Namespace, model: MLP, state: RunState, *, name: str, unit: str = "epoch",
+                 out=None) -> None:
+        from .metrics import MetricsLog
+        self.args, self.model, self.name, self.unit = args, model, name, unit
+        self.log = MetricsLog(args.metrics, state.history)
+        self.out = out or sys.stdout
+        self.t_start = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        if not self.args.quiet:
+            print(text, file=self.out, flush=True)
+
+    def record(self, index: int, x_eval, y_eval, values: dict, *, save: Callable[[list[dict]], None] | None,
+               x_val=None, y_val=None) -> dict:
+        """Evaluate the model on the test (and validation) set, log, print, checkpoint (``save(history)``)."""
+        from .metrics import progress_line
+        rec = {self.unit: index, **values}
+        rec["test_loss"], rec["test_acc"] = self.model.evaluate(x_eval, y_eval)
+        if x_val is not None:
+            rec["val_loss"], rec["val_acc"] = self.model.evaluate(x_val, y_val)
+        rec.setdefault("seconds", time.perf_counter() - self.t_start)
+        self.log.add(rec)
+        line = progress_line(rec, self.args.epochs, self.unit)
+        if rec.get("comm_s") is not None:
+            line += f"  (comm {rec['comm_s']:.2f}s/rank)"
+        self.say(line)
+        if save is not None and self.args.checkpoint:
+            save(self.log.records)
+        return rec
+
+    def finish(self, title: str) -> None:
+        from .metrics import plot_curves
+        if self.args.plot and self.log.records:
+            plot_curves(self.log.records, self.args.plot, title=title, unit=self.unit)
+            self.say(f"plot written to {self.args.plot}")
