@@ -1,0 +1,261 @@
+"""The FedAvg strategy: pure NumPy functions, no messages.
+
+* Client sampling and the example-weighted average of FedAvg, McMahan et al. 2017,
+  "Communication-Efficient Learning of Deep Networks from Decentralized Data".
+* Update checks, L2 clipping and Gaussian noise for DP-FedAvg, McMahan et al. 2018,
+  "Learning Differentially Private Recurrent Language Models".
+* Secure aggregation with pairwise additive masks, Bonawitz et al. 2017, "Practical Secure
+  Aggregation for Privacy-Preserving Machine Learning": updates are quantized to fixed point and
+  masked in the integers mod 2**64, where the masks cancel exactly (float masks cannot).
+
+A paradigm (``mpisim/fedavg.py``) moves the bytes; everything here is tested on its own.
+"""
+from __future__ import annotations
+
+import io
+import math
+import numbers
+import os
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+from ..data.partition import data_rng
+from .checkpoint import atomic_write_bytes
+
+__all__ = ["FIXED_POINT_BITS", "check_update", "clip_update", "dequantize", "gaussian_noise",
+           "mask", "num_clients_per_round", "pair_seed", "plot_partition", "quantize",
+           "sample_clients", "secure_sum", "weighted_average"]
+
+FIXED_POINT_BITS = 32                     # quantize: x -> round(x * 2**32)
+_SCALE = float(2 ** FIXED_POINT_BITS)
+_QMAX = float(2 ** 62)                    # largest |quantized value|: leaves headroom for a sum
+_SECAGG = zlib.crc32(b"secagg")           # spawn-key purpose of the pairwise mask streams
+
+
+def _check_int(value: int, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ---- FedAvg: who takes part, how results combine ----------------------------------------------
+
+def num_clients_per_round(num_clients: int, fraction: float) -> int:
+    """m = max(1, round(fraction * num_clients)) clients per round (Python's round: half to even)."""
+    num_clients = _check_int(num_clients, "num_clients", 1)
+    if (isinstance(fraction, bool) or not isinstance(fraction, numbers.Real)
+            or not 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    return max(1, round(float(fraction) * num_clients))
+
+
+def sample_clients(num_clients: int, fraction: float, *, seed: int, round: int) -> np.ndarray:
+    """The sorted int64 ids of the m distinct clients of ``round``, from ``data_rng(seed, "clients", round)``.
+
+    Every rank calling with the same arguments gets the same clients, with no messages.
+    """
+    m = num_clients_per_round(num_clients, fraction)
+    rng = data_rng(seed, "clients", _check_int(round, "round", 0))
+    return np.sort(rng.choice(num_clients, size=m, replace=False)).astype(np.int64)
+
+
+def weighted_average(updates: Sequence[np.ndarray], num_examples: Sequence[int], *,
+                     out: np.ndarray | None = None) -> np.ndarray:
+    """sum_k n_k u_k / sum_k n_k, summed in float64 in the given order, in the updates' dtype.
+
+    With ``out`` (same shape and dtype) the result is written there; ``out`` may be one of the
+    updates, since it is written only after the whole sum.
+    """
+    if len(updates) == 0:
+        raise ValueError("updates must not be empty")
+    if len(updates) != len(num_examples):
+        raise ValueError(f"updates and num_examples differ in length: {len(updates)} != {len(num_examples)}")
+    first = updates[0]
+    if not isinstance(first, np.ndarray) or not np.issubdtype(first.dtype, np.floating):
+        raise ValueError(f"updates must be floating-point numpy arrays, got {first!r:.60}")
+    for k, (u, n) in enumerate(zip(updates, num_examples)):
+        if not isinstance(u, np.ndarray) or u.shape != first.shape or u.dtype != first.dtype:
+            what = f"{u.shape} {u.dtype}" if isinstance(u, np.ndarray) else type(u).__name__
+            raise ValueError(f"updates[{k}] is {what}, updates[0] is {first.shape} {first.dtype}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"num_examples[{k}] must be an integer > 0, got {n!r}")
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != first.shape
+                            or out.dtype != first.dtype):
+        raise ValueError(f"out must be a {first.shape} {first.dtype} array")
+    acc = np.zeros(first.shape, dtype=np.float64)
+    tmp = np.empty_like(acc)
+    for u, n in zip(updates, num_examples):
+        np.multiply(u, n, out=tmp, dtype=np.float64)          # in float64, not u's float32
+        acc += tmp
+    acc /= float(sum(int(n) for n in num_examples))
+    if out is None:
+        return acc.astype(first.dtype)
+    out[...] = acc
+    return out
+
+
+# ---- DP-FedAvg: reject, clip, noise ----------------------------------------------------------
+
+def check_update(update: object, *, size: int, dtype) -> str | None:
+    """None for a finite 1-D array of ``size`` ``dtype`` values, else why not (for a log line)."""
+    dtype = np.dtype(dtype)
+    if not isinstance(update, np.ndarray):
+        return "is not a numpy array"
+    if update.ndim != 1:
+        return f"has shape {update.shape}, expected ({size:,},)"
+    if update.size != size:
+        return f"has {update.size:,} elements, expected {size:,}"
+    if update.dtype != dtype:
+        return f"has dtype {update.dtype}, expected {dtype}"
+    if np.issubdtype(update.dtype, np.inexact):
+        bad = update.size - int(np.count_nonzero(np.isfinite(update)))
+        if bad:
+            return f"has {bad:,} non-finite value{'s' if bad > 1 else ''} (NaN or Inf)"
+    return None
+
+
+def clip_update(update: np.ndarray, max_norm: float) -> float:
+    """Scale ``update`` in place to L2 norm <= ``max_norm``; returns the norm before (float64)."""
+    if not (isinstance(max_norm, numbers.Real) and max_norm > 0):
+        raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
+    if not isinstance(update, np.ndarray) or not np.issubdtype(update.dtype, np.floating):
+        raise ValueError("update must be a floating-point numpy array")
+    norm = math.sqrt(float(np.square(update, dtype=np.float64).sum()))
+    if not math.isfinite(norm):
+        raise ValueError("update has non-finite values; reject it with check_update first")
+    if norm > max_norm:
+        update *= update.dtype.type(max_norm / norm)          # keep the dtype (NumPy 2 promotion)
+    return norm
+
+
+def gaussian_noise(size: int, std: float, rng: np.random.Generator,
+                   dtype=np.float32) -> np.ndarray:
+    """``size`` draws of N(0, std**2) in ``dtype`` from ``rng``."""
+    size = _check_int(size, "size", 0)
+    if not (isinstance(std, numbers.Real) and 0 <= std < math.inf):
+        raise ValueError(f"std must be finite and >= 0, got {std!r}")
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"dtype must be floating point, got {dtype}")
+    native = dtype if dtype in (np.float32, np.float64) else np.float64   # what the generator makes
+    z = rng.standard_normal(size, dtype=native).astype(dtype, copy=False)
+    z *= dtype.type(std)
+    return z
+
+
+# ---- secure aggregation: fixed point and pairwise masks mod 2**64 ----------------------------
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """round(x * 2**32) as int64, computed in float64; |x| must stay <= 2**30.
+
+    The bound keeps each value within 2**62; a sum of quantized vectors is exact mod 2**64 and
+    dequantizes correctly while its true value stays below 2**63 (|sum| < 2**31 in x units).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.size and not np.isfinite(x).all():
+        raise ValueError("quantize: x has non-finite values (NaN or Inf)")
+    biggest = float(np.abs(x).max()) if x.size else 0.0
+    if biggest * _SCALE > _QMAX:
+        raise ValueError(f"quantize: largest magnitude {biggest!r} exceeds 2**30 "
+                         f"(x * 2**{FIXED_POINT_BITS} would leave +-2**62 and could overflow a sum)")
+    return np.rint(x * _SCALE).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """q / 2**32 through float64, cast to ``dtype``."""
+    q = np.asarray(q)
+    if q.dtype != np.int64:
+        raise ValueError(f"dequantize: q must be int64, got {q.dtype}")
+    return (q.astype(np.float64) / _SCALE).astype(dtype)
+
+
+def pair_seed(seed: int, round: int, i: int, j: int) -> np.random.SeedSequence:
+    """The mask seed shared by clients ``i < j`` in ``round``.
+
+    In the real protocol i and j agree on it by Diffie-Hellman key agreement and the server never
+    learns it; this simulation derives it from the run seed instead, so it protects nothing from
+    anyone who knows that seed.
+    """
+    seed = _check_int(seed, "seed", 0)
+    round = _check_int(round, "round", 0)
+    if not _check_int(i, "i", 0) < _check_int(j, "j", 0):
+        raise ValueError(f"pair_seed needs i < j, got i={i}, j={j}")
+    return np.random.SeedSequence(seed, spawn_key=(_SECAGG, round, int(i), int(j)))
+
+
+def _prg(ss: np.random.SeedSequence, size: int) -> np.ndarray:
+    return np.random.default_rng(ss).bit_generator.random_raw(size)   # uniform uint64
+
+
+def mask(q: np.ndarray, client: int, sampled: Sequence[int], *, seed: int, round: int) -> np.ndarray:
+    """q + sum_{j > client} PRG(s_cj) - sum_{j < client} PRG(s_jc) mod 2**64, as int64.
+
+    Summed over all ``sampled`` clients the masks cancel exactly; ``q`` is not modified.
+    """
+    q = np.asarray(q)
+    if q.dtype != np.int64:
+        raise ValueError(f"mask: q must be int64 (from quantize), got {q.dtype}")
+    ids, client = [_check_int(c, "sampled client", 0) for c in sampled], _check_int(client, "client", 0)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"sampled has repeated client ids: {ids}")
+    if client not in ids:
+        raise ValueError(f"client {client} is not in sampled")
+    out = q.view(np.uint64).copy()                           # wrapping arithmetic mod 2**64
+    for j in ids:
+        if j != client:
+            r = _prg(pair_seed(seed, round, min(client, j), max(client, j)), q.size).reshape(q.shape)
+            if client < j:
+                out += r
+            else:
+                out -= r
+    return out.view(np.int64)
+
+
+def secure_sum(masked: Sequence[np.ndarray]) -> np.ndarray:
+    """The wrapping (mod 2**64) sum of the masked int64 vectors, as int64.
+
+    Equals the sum of the unmasked vectors exactly when every sampled client's vector is here.
+    """
+    if len(masked) == 0:
+        raise ValueError("masked must not be empty")
+    first = np.asarray(masked[0])
+    total = np.zeros(first.shape, dtype=np.uint64)
+    for k, m in enumerate(masked):
+        m = np.asarray(m)
+        if m.dtype != np.int64 or m.shape != first.shape:
+            raise ValueError(f"masked[{k}] is {m.shape} {m.dtype}, expected {first.shape} int64")
+        total += m.view(np.uint64)
+    return total.view(np.int64)
+
+
+# ---- a look at the split --------------------------------------------------------------------
+
+def plot_partition(hist: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
+    """Heatmap of ``(clients, classes)`` example counts (:func:`mpisim.data.label_histogram`), as a PNG."""
+    hist = np.asarray(hist)
+    if hist.ndim != 2 or 0 in hist.shape:
+        raise ValueError(f"hist must be a non-empty (clients, classes) array, got shape {hist.shape}")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    clients, classes = hist.shape
+    fig, ax = plt.subplots(figsize=(min(4 + 0.45 * classes, 16), min(2 + 0.25 * clients, 14)))
+    im = ax.imshow(hist, aspect="auto", interpolation="nearest", cmap="viridis")
+    fig.colorbar(im, ax=ax, label="examples")
+    ax.set(xlabel="class", ylabel="client", title=title or f"{clients} clients x {classes} classes")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(classes, 20)))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(clients, 25)))
+    if clients <= 30 and classes <= 30:                      # counts in cells only while readable
+        light = hist.max() / 2
+        for (c, k), v in np.ndenumerate(hist):
+            ax.text(k, c, f"{v:g}", ha="center", va="center", fontsize=7,
+                    color="black" if v > light else "white")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
