@@ -1,0 +1,118 @@
+"""mpisim.allreduce: N ranks with global batch B compute what one process computes with batch B."""
+import json
+
+import numpy as np
+import pytest
+
+from mpisim import allreduce as ar
+from mpisim.comm.costs import allreduce_traffic
+from mpisim.train import load_checkpoint
+
+from .helpers import SMALL, assert_close, parse, run_centralized, run_sim
+
+OPT = ["--optimizer", "momentum", "--lr", "0.1", "--epochs", "2", "--batch-size", "12"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_equivalent_to_centralized_in_float64(n):
+    """40 training examples in batches of 12: 2 epochs of 4 steps, the last batch of 4 split unequally
+    over 3 ranks: equal to rounding on any rank count."""
+    want = run_centralized([*SMALL, *OPT]).params
+    got = run_sim(ar, n, [*SMALL, *OPT])
+    assert got["steps"] == 8
+    assert_close(got["model"].params, want)
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "tree", "naive", "recursive_doubling", "rabenseifner"])
+def test_every_algorithm_buckets_and_overlap_give_the_same_model(algorithm):
+    want = run_centralized([*SMALL, *OPT]).params
+    got = run_sim(ar, 3, [*SMALL, *OPT, "--algorithm", algorithm, "--bucket-mb", "0.0002", "--overlap"])
+    assert_close(got["model"].params, want)
+    assert got["comm_agrees"]
+
+
+def test_sync_bn_matches_centralized_batchnorm_and_local_bn_does_not():
+    argv = [*SMALL, *OPT, "--batchnorm", "--hidden", "6,5"]
+    want = run_centralized(argv)
+    synced = run_sim(ar, 3, [*argv, "--sync-bn"])["model"]
+    assert_close(synced.params, want.params)
+    assert_close(synced.buffers, want.buffers)          # running statistics of the global batch
+    local = run_sim(ar, 3, [*argv, "--bucket-mb", "0.0001", "--overlap", "--sync-bn"])["model"]
+    assert_close(local.params, want.params)
+    # without --sync-bn the statistics are per rank: a different computation (the test can fail)
+    unsynced = run_sim(ar, 3, argv)["model"]
+    assert not np.allclose(unsynced.params, want.params, rtol=1e-6)
+
+
+def test_buckets_are_whole_layers_covering_the_vector_last_layer_first():
+    from mpisim.nn import MLP
+    m = MLP([20, 30, 40, 10])
+    buckets = ar.plan_buckets(m, 1000 * 4)
+    assert buckets[0][1] == m.num_params and buckets[-1][0] == 0
+    for (lo, _, _), (_, hi, _) in zip(buckets, buckets[1:]):
+        assert hi == lo                                   # contiguous, descending
+    starts = {off for _, name, off, _ in m.slices if name == "W"}
+    assert all(lo in starts for lo, _, _ in buckets)      # cut at layer boundaries
+    assert ar.plan_buckets(m, 0) == [(0, m.num_params, 0)]
+
+
+def test_measured_bytes_equal_the_formula_per_epoch(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    got = run_sim(ar, 4, [*SMALL, *OPT, "--algorithm", "ring", "--metrics", metrics])
+    P = got["model"].num_params
+    msgs, nbytes = allreduce_traffic("ring", P, 8, 4)
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)
+        assert r["payload_bytes"] == 4 * nbytes and r["payload_messages"] == 4 * msgs
+    assert got["comm_agrees"]
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
+    argv = [*SMALL, "--epochs", "3", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01"]
+    a = run_sim(ar, 3, [*argv, "--checkpoint", tmp_path / "a"])["model"]
+    run_sim(ar, 3, [*argv, "--checkpoint", tmp_path / "b", "--stop-after", "1"])
+    assert load_checkpoint(tmp_path / "b")[1]["epoch"] == 1
+    b = run_sim(ar, 3, [*argv, "--checkpoint", tmp_path / "b", "--resume"])["model"]
+    np.testing.assert_array_equal(a.params, b.params)
+    # a resume with another rank count is refused, by rank 0, with the option named
+    assert ar.main([*map(str, argv), "--checkpoint", str(tmp_path / "b"), "--resume", "--sim", "2"]) == 1
+
+
+def test_nan_stops_the_run_naming_rank_and_step_and_keeps_the_checkpoint(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    # digits, batch 64: 23 steps per epoch; the fault at rank 2's step 30 is in epoch 2
+    code = ar.main(["--sim", "3", "--epochs", "3", "--quiet", "--checkpoint", str(ck), "--inject-fault", "2:30:nan"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "rank 2 of 3" in err and "epoch 2, step 7" in err and "nan" in err
+    assert load_checkpoint(ck)[1]["epoch"] == 1
+
+
+def test_an_exception_on_one_rank_ends_the_job_naming_it(capsys):
+    assert ar.main(["--sim", "4", "--epochs", "1", "--quiet", "--inject-fault", "3:2:raise"]) == 1
+    assert "rank 3 of 4 failed: fault injected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sim", "2", "--algorithm", "mpi"], "run under mpiexec"),
+    (["--sim", "2", "--sync-bn"], "--sync-bn needs --batchnorm"),
+    (["--sim", "2", "--bucket-mb", "-1"], "--bucket-mb"),
+    (["--sim", "0"], "--sim"),
+    (["--sim", "2", "--inject-fault", "1:0:raise"], "RANK:STEP:KIND"),
+    (["--sim", "2", "--inject-fault", "1:3:kill"], "under mpiexec"),
+])
+def test_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ar.main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_batch_smaller_than_ranks_still_matches():
+    argv = [*SMALL, "--optimizer", "sgd", "--lr", "0.1", "--epochs", "1", "--batch-size", "3"]
+    assert_close(run_sim(ar, 4, argv)["model"].params, run_centralized(argv).params)
+
+
+def test_parse_errors_are_not_needed_for_defaults():
+    args = parse(ar, ["--sim", "2"])
+    assert args.algorithm == "auto" and args.bucket_mb == 0 and not args.overlap
