@@ -4,6 +4,12 @@ import sys
 TOOLS = [
     ("mpisim.centralized", "train the MLP in one process: the baseline for every paradigm",
      "python -m mpisim.centralized"),
+    ("mpisim.allreduce", "data-parallel SGD: the gradient summed by an allreduce (ring, tree, ..., mpi)",
+     "mpiexec -n 2 python -m mpisim.allreduce   (or: python -m mpisim.allreduce --sim 4)"),
+    ("mpisim.paramserver", "parameter server: sync, async or stale-synchronous (--mode), sharded (--servers)",
+     "mpiexec -n 3 python -m mpisim.paramserver   (or: python -m mpisim.paramserver --sim 4)"),
+    ("mpisim.fedavg", "federated averaging: 100 clients, IID or non-IID, secure aggregation, DP",
+     "mpiexec -n 3 python -m mpisim.fedavg   (or: python -m mpisim.fedavg --sim 3)"),
     ("mpisim.bench", "allreduce algorithms next to MPI's own Allreduce (OSU-style table)",
      "mpiexec -n 2 python -m mpisim.bench"),
 ]

@@ -59,6 +59,8 @@ def test_python_m_mpisim_lists_the_tools():
     res = subprocess.run([sys.executable, "-m", "mpisim"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "mpiexec -n 2 python -m mpisim.bench" in res.stdout
     assert "python -m mpisim.centralized" in res.stdout
+    for paradigm in ("allreduce", "paramserver", "fedavg"):        # each listed with a command that runs
+        assert f"python -m mpisim.{paradigm} --sim" in res.stdout and f"-m mpisim.{paradigm} " in res.stdout
 
 
 def test_bench_mlp_prints_a_row_per_batch():
