@@ -42,7 +42,7 @@ from .train.distributed import (Formula, Meter, ParadigmError, Reporter, add_clu
 from .train.federated import (check_update, clip_update, dequantize, gaussian_noise, mask, quantize, sample_clients,
                               secure_sum, weighted_average, plot_partition)
 from .train.loop import data_fingerprint, save_state
-from .train.options import _int_at_least, check_training_args
+from .train.options import _int_at_least, check_training_args, prepare_output_file
 
 PROG = "python -m mpisim.fedavg"
 PARTITIONS = ("iid", "shards", "dirichlet")
@@ -130,6 +130,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         import importlib.util
         if importlib.util.find_spec("matplotlib") is None:
             p.error("--plot-partition needs matplotlib: pip install matplotlib")
+        prepare_output_file(p, "--plot-partition", args.plot_partition)
     if args.bad_client and args.bad_client[0] >= args.clients:
         p.error(f"--bad-client {args.bad_client[0]}: clients are 0..{args.clients - 1}")
     if args.sim is not None and args.sim < 2:

@@ -13,7 +13,7 @@ import os
 from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
 
-__all__ = ["add_training_args", "check_training_args", "run_config", "RESUMABLE_CHANGES"]
+__all__ = ["add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
@@ -143,18 +143,22 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.plot and not args.plot.lower().endswith(".png"):
         p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
     for name in ("metrics", "plot"):
-        path = getattr(args, name)
-        if path:
-            if os.path.isdir(path):
-                p.error(f"--{name} {path} is a directory; give a file name")
-            parent = os.path.dirname(os.path.abspath(path))
-            _check_creatable(p, f"--{name} {path}", parent)
-            os.makedirs(parent, exist_ok=True)
+        if getattr(args, name):
+            prepare_output_file(p, f"--{name}", getattr(args, name))
     if args.checkpoint:
         ck = os.path.abspath(args.checkpoint)
         if os.path.exists(ck) and not os.path.isdir(ck):
             p.error(f"--checkpoint {args.checkpoint} is a file; give a directory")
         _check_creatable(p, f"--checkpoint {args.checkpoint}", ck)
+
+
+def prepare_output_file(p: argparse.ArgumentParser, option: str, path: str) -> None:
+    """Usage error unless ``path`` can be written as a file; creates its missing folders."""
+    if os.path.isdir(path):
+        p.error(f"{option} {path} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    _check_creatable(p, f"{option} {path}", parent)
+    os.makedirs(parent, exist_ok=True)
 
 
 def _check_creatable(p: argparse.ArgumentParser, option: str, directory: str) -> None:

@@ -66,7 +66,7 @@ def test_dp_clipping_and_noise_run_and_noise_changes_the_model():
 
 def test_partition_plot_and_non_iid_partitions(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) not installed")
-    png = tmp_path / "parts.png"
+    png = tmp_path / "new" / "folder" / "parts.png"          # missing folders are created
     assert fa.main(["--sim", "3", "--rounds", "1", "--partition", "shards", "--plot-partition", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "2.0 classes per client" in capsys.readouterr().out
@@ -93,6 +93,7 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
     (["--bad-client", "100:nan"], 2, "clients are 0..99"),
     (["--clients", "5000"], 1, "more than the 1437 training examples"),
     (["--plot-partition", "x.svg"], 2, "PNG"),
+    (["--plot-partition", "setup.cfg/x.png"], 2, "is a file, not a directory"),
 ])
 def test_bad_options_get_clear_errors(argv, code, message, capsys):
     try:
