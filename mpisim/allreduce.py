@@ -31,8 +31,8 @@ from .comm.costs import allreduce_formula, allreduce_traffic
 from .data import epoch_permutation
 from .nn import BatchNorm1d
 from .train import add_training_args, build_dataset, build_model, build_optimizer, build_schedule, gather_batch
-from .train.distributed import (Formula, Meter, ParadigmError, Reporter, add_cluster_args, check_cluster_args,
-                                comm_report, default_to_sim, launch, maybe_fail, paradigm_config,
+from .train.distributed import (Formula, Meter, Reporter, add_cluster_args, check_cluster_args,
+                                comm_report, paradigm_main, stop_here, maybe_fail, paradigm_config,
                                 share_resume)
 from .train.loop import data_fingerprint, save_state
 from .train.options import check_training_args
@@ -227,9 +227,7 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
     done_steps = 0
     try:
         for epoch in range(state.start_epoch, args.epochs):
-            if args.stop_after is not None and epoch >= args.stop_after:
-                if rep:
-                    rep.say(f"stopping after epoch {epoch} as asked (--stop-after {args.stop_after})")
+            if stop_here(args, epoch, rep):
                 break
             t0 = time.perf_counter()
             before = meter.snapshot()
@@ -284,21 +282,11 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
                  if args.algorithm == "mpi" else ""))
     cats = ("payload", "bn-sync", "control") if args.sync_bn else ("payload", "control")
     report = comm_report(t, meter, {"rank": list(range(N))}, {"rank": formula}, legend, cats)
-    if rep:
-        rep.say("\n" + report[0])
-        rep.finish(f"allreduce SGD, {N} ranks, {ds.name}, {model.describe()}")
-        last = dict(rep.log.records[-1]) if rep.log.records else {}
-        last.update(model=model, comm_agrees=report[1], steps=done_steps)
-        return last
-    return None
+    return rep.finish(report, f"allreduce SGD, {N} ranks, {ds.name}, {model.describe()}", steps=done_steps) if rep else None
 
 
 def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_args(p, args)
-    default_to_sim(args, 4, PROG)
-    return launch(PROG, args, run_rank)
+    return paradigm_main(PROG, sys.modules[__name__], argv, default_ranks=4)
 
 
 if __name__ == "__main__":

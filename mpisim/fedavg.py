@@ -34,11 +34,11 @@ import time
 
 import numpy as np
 
-from .data import DataError, dirichlet_partition, iid_partition, label_histogram, shard_partition
+from .data import dirichlet_partition, iid_partition, label_histogram, shard_partition
 from .data.partition import data_rng
 from .train import add_training_args, build_dataset, build_model, build_optimizer, build_schedule, gather_batch
 from .train.distributed import (Formula, Meter, ParadigmError, Reporter, add_cluster_args, check_cluster_args,
-                                comm_report, default_to_sim, launch, maybe_fail, paradigm_config, share_resume)
+                                comm_report, paradigm_main, stop_here, maybe_fail, paradigm_config, share_resume)
 from .train.federated import (check_update, clip_update, dequantize, gaussian_noise, mask, quantize, sample_clients,
                               secure_sum, weighted_average, plot_partition)
 from .train.loop import data_fingerprint, save_state
@@ -307,9 +307,7 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
 
     rounds_run = 0
     for rnd in range(state.start_epoch, args.epochs):
-        if args.stop_after is not None and rnd >= args.stop_after:
-            if rep:
-                rep.say(f"stopping after round {rnd} as asked (--stop-after {args.stop_after})")
+        if stop_here(args, rnd, rep, unit="round"):
             break
         t0 = time.perf_counter()
         before = meter.snapshot()
@@ -341,21 +339,11 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
               f"m = {m} clients per round, K = {args.clients} clients. Payload: the model to each sampled client, "
               f"its update back; control: a {HEADER * 8}-byte header per update")
     report = comm_report(t, meter, {"server": [0], "clients": list(range(1, N))}, formulas, legend)
-    if rep:
-        rep.say("\n" + report[0])
-        rep.finish(f"FedAvg, {args.partition}, K={args.clients}, C={args.fraction:g}, E={args.local_epochs}, {ds.name}")
-        last = dict(rep.log.records[-1]) if rep.log.records else {}
-        last.update(model=model, comm_agrees=report[1])
-        return last
-    return None
+    return rep.finish(report, f"FedAvg, {args.partition}, K={args.clients}, C={args.fraction:g}, E={args.local_epochs}, {ds.name}") if rep else None
 
 
 def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_args(p, args)
-    default_to_sim(args, 3, PROG)
-    return launch(PROG, args, run_rank)
+    return paradigm_main(PROG, sys.modules[__name__], argv, default_ranks=3)
 
 
 if __name__ == "__main__":

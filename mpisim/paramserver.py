@@ -38,7 +38,7 @@ from .data import distributed_indices, epoch_permutation
 from .nn import make_optimizer
 from .train import add_training_args, build_dataset, build_model, build_optimizer, build_schedule, gather_batch
 from .train.distributed import (Formula, Meter, ParadigmError, Reporter, add_cluster_args, check_cluster_args,
-                                comm_report, default_to_sim, launch, maybe_fail, paradigm_config, share_resume)
+                                comm_report, paradigm_main, stop_here, maybe_fail, paradigm_config, share_resume)
 from .train.loop import data_fingerprint, save_state
 from .train.options import check_training_args
 
@@ -319,9 +319,7 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
     stats = np.zeros(7, dtype=np.float64)
     closed = np.zeros(1, dtype=np.int64)
     for epoch in range(state.start_epoch, args.epochs):
-        if args.stop_after is not None and epoch >= args.stop_after:
-            if rep:
-                rep.say(f"stopping after epoch {epoch} as asked (--stop-after {args.stop_after})")
+        if stop_here(args, epoch, rep):
             break
         t0 = time.perf_counter()
         before = meter.snapshot()
@@ -395,21 +393,11 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
               f"W = {W} workers), S = {steps * epochs_run} steps (sync-equivalent; U = S·W = {U:,} pushes), "
               f"mode {args.mode}. Payload: pushes and pulls, each split into one message per server")
     report = comm_report(t, meter, {"server": list(range(S)), "worker": list(range(S, N))}, formulas, legend)
-    if rep:
-        rep.say("\n" + report[0])
-        rep.finish(f"parameter server ({args.mode}), {S}+{W} ranks, {ds.name}")
-        last = dict(rep.log.records[-1]) if rep.log.records else {}
-        last.update(model=model, comm_agrees=report[1])
-        return last
-    return None
+    return rep.finish(report, f"parameter server ({args.mode}), {S}+{W} ranks, {ds.name}") if rep else None
 
 
 def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_args(p, args)
-    default_to_sim(args, 4, PROG)
-    return launch(PROG, args, run_rank)
+    return paradigm_main(PROG, sys.modules[__name__], argv, default_ranks=4)
 
 
 if __name__ == "__main__":

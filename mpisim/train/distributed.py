@@ -32,7 +32,7 @@ from .options import _int_at_least, run_config
 
 __all__ = ["add_cluster_args", "check_cluster_args", "launch", "Meter", "comm_report", "Formula",
            "share_resume", "paradigm_config", "ParadigmError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
-           "default_to_sim", "under_mpiexec"]
+           "default_to_sim", "under_mpiexec", "paradigm_main", "stop_here"]
 
 
 class ParadigmError(RuntimeError):
@@ -342,8 +342,32 @@ class Reporter:
             save(self.log.records)
         return rec
 
-    def finish(self, title: str) -> None:
+    def finish(self, report: tuple[str, bool], title: str, **extra) -> dict:
+        """Print the communication table, draw the curves; return the last record with ``extra`` and
+        ``comm_agrees`` (what a test or a script wants from rank 0)."""
         from .metrics import plot_curves
+        self.say("\n" + report[0])
         if self.args.plot and self.log.records:
             plot_curves(self.log.records, self.args.plot, title=title, unit=self.unit)
             self.say(f"plot written to {self.args.plot}")
+        last = dict(self.log.records[-1]) if self.log.records else {}
+        last.update(model=self.model, comm_agrees=report[1], **extra)
+        return last
+
+
+def stop_here(args: argparse.Namespace, index: int, rep: "Reporter | None", unit: str = "epoch") -> bool:
+    """True (and rank 0 says why) when ``--stop-after`` says to stop before epoch/round ``index``."""
+    if args.stop_after is None or index < args.stop_after:
+        return False
+    if rep:
+        rep.say(f"stopping after {unit} {index} as asked (--stop-after {args.stop_after})")
+    return True
+
+
+def paradigm_main(prog: str, module, argv, default_ranks: int) -> int:
+    """A paradigm's ``main``: parse and check its options, then :func:`launch` its ``run_rank``."""
+    p = module.build_parser()
+    args = p.parse_args(argv)
+    module.check_args(p, args)
+    default_to_sim(args, default_ranks, prog)
+    return launch(prog, args, module.run_rank)
