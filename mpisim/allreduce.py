@@ -209,7 +209,7 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
     state = share_resume(t, args, model, opt, config)
     meter = Meter(t)
     sync = GradientSync(t, model, meter, args)
-    rep = Reporter(args, model, state, name="allreduce") if r == 0 else None
+    rep = Reporter(args, model, state) if r == 0 else None
     if rep:
         rep.say(f"allreduce: {N} rank{'s' if N > 1 else ''} ({'simulated' if args.sim else 'MPI'}), {ds.describe()}")
         rep.say(f"model {model.describe()}; {args.optimizer} lr {args.lr:g}, global batch {args.batch_size} "

@@ -133,6 +133,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         prepare_output_file(p, "--plot-partition", args.plot_partition)
     if args.bad_client and args.bad_client[0] >= args.clients:
         p.error(f"--bad-client {args.bad_client[0]}: clients are 0..{args.clients - 1}")
+    if args.inject_fault and args.inject_fault[2] == "nan":
+        p.error("--inject-fault ...:nan is for the trainers with one loss per step; for a client with a NaN "
+                "update use --bad-client CLIENT:nan")
     if args.sim is not None and args.sim < 2:
         p.error("fedavg needs at least 2 ranks: the server and one rank of clients (--sim 2 or more)")
 
@@ -199,7 +202,7 @@ def run_clients(t, args, ds, model, opt, parts, sampled, rnd, lr, meter, x, xbuf
                                seed=args.seed, round=rnd)
                 else:
                     upd = np.zeros(0, dtype=np.int64)                    # cannot be masked: report the failure
-        header[:] = (n_c, upd.size, OK if upd.size or finite else FAILED, loss_sum, correct)
+        header[:] = (n_c, upd.size, FAILED if args.secure_agg and not finite else OK, loss_sum, correct)
         with meter.comm("control"):
             t.send(header, 0, TAG_HEADER)
         with meter.comm("payload"):
@@ -232,13 +235,13 @@ def serve_round(t, args, model, sampled, rnd: int, meter, say) -> dict:
         elif n_c <= 0:
             reason = f"claims {n_c} examples"
         elif args.secure_agg:
-            reason = None if size == P else f"has {size:,} elements, expected {P:,}"
+            reason = None if size == P else f"update has {size:,} elements, expected {P:,}"
         else:
-            reason = check_update(buf, size=P, dtype=model.dtype)
+            problem = check_update(buf, size=P, dtype=model.dtype)
+            reason = problem and f"update {problem}"
         if reason:
             rejected.append({"client": c, "reason": reason})
-            say(f"    round {rnd + 1}: client {c} rejected: update {reason}" if not reason.startswith(("claims", "reported"))
-                else f"    round {rnd + 1}: client {c} rejected: {reason}")
+            say(f"    round {rnd + 1}: client {c} rejected: {reason}")
         else:
             updates.append(buf)
             counts.append(n_c)
@@ -287,7 +290,7 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
     biggest = max(len(q) for q in parts)
     xbuf = np.empty((biggest if args.local_batch == 0 else min(args.local_batch, biggest), ds.num_features),
                     dtype=model.dtype)
-    rep = Reporter(args, model, state, name="fedavg", unit="round") if t.rank == 0 else None
+    rep = Reporter(args, model, state, unit="round") if t.rank == 0 else None
     if rep:
         sizes = np.array([len(q) for q in parts])
         hist = label_histogram(ds.y_train, parts, ds.num_classes)

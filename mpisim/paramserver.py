@@ -84,6 +84,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.batchnorm:
         p.error("--batchnorm is not supported by the parameter server: its running statistics would live on "
                 "the workers, not the servers (use mpisim.allreduce)")
+    if args.mode == "ssp" and args.staleness == 0:
+        args.mode = "sync"                       # s = 0 is bulk synchronous, by definition: run it
     if args.sim is not None and args.sim < args.servers + 1:
         p.error(f"--sim {args.sim}: {args.servers} server(s) need at least {args.servers + 1} ranks (one worker)")
 
@@ -109,7 +111,6 @@ class Server:
         self.t, self.args, self.model, self.meter, self.lr_at = t, args, model, meter, lr_at
         self.S, self.W = args.servers, W
         offs = block_offsets(model.num_params, self.S)
-        self.offs = offs
         self.lo, self.hi = offs[t.rank], offs[t.rank + 1]
         self.shard = model.params[self.lo:self.hi]
         self.grad = np.zeros_like(self.shard)                     # what the optimizer reads
@@ -165,9 +166,7 @@ class Server:
         while not done.all():
             with self.meter.comm("payload"):
                 st = self.t.recv(self.grad, ANY_SOURCE, TAG_PUSH if lead else ANY_TAG)
-            w = st.source - self.S
-            if not np.isfinite(self.grad).all():
-                raise FloatingPointError(f"server {self.t.rank}: non-finite gradient from worker rank {st.source}")
+            w = st.source - self.S                            # (workers check their gradients before pushing)
             self.apply(self.grad, self.lr_at(epoch + applied / budget))
             applied += 1
             clock[w] += 1
@@ -212,8 +211,8 @@ class Worker:
         self.sums = np.zeros(3, dtype=np.float64)                 # loss sum, correct, seen
         self.steps_done = 0
         self.slow = args.straggler[1] if args.straggler and args.straggler[0] == t.rank else 1.0
-        self.stream: list[np.ndarray] = []
-        self.stream_epoch = None
+        self.stream = np.zeros(0, dtype=np.int64)              # async: what is left of this worker's share
+        self.stream_epoch = -1
 
     def shards(self, vec: np.ndarray):
         return [(j, vec[self.offs[j]:self.offs[j + 1]]) for j in range(self.S)]
@@ -257,11 +256,11 @@ class Worker:
 
     def next_batch(self) -> np.ndarray:
         """Async: this worker's own stream, its DistributedSampler share of epoch after epoch."""
-        if len(self.stream) == 0 or len(self.stream[0]) == 0:
-            self.stream_epoch = 0 if self.stream_epoch is None else self.stream_epoch + 1
-            self.stream = [distributed_indices(self.ds.num_train, rank=self.w, world_size=self.W,
-                                               seed=self.args.seed, epoch=self.stream_epoch)]
-        idx, self.stream[0] = self.stream[0][:self.b], self.stream[0][self.b:]
+        if len(self.stream) == 0:
+            self.stream_epoch += 1
+            self.stream = distributed_indices(self.ds.num_train, rank=self.w, world_size=self.W,
+                                              seed=self.args.seed, epoch=self.stream_epoch)
+        idx, self.stream = self.stream[:self.b], self.stream[self.b:]
         return idx
 
     def async_epoch(self, epoch: int) -> None:
@@ -291,8 +290,6 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
         if t.rank == 0:
             raise ParadigmError(problem)
         return None                              # rank 0's error ends the job
-    if args.mode == "ssp" and args.staleness == 0:
-        args.mode = "sync"                       # s = 0 is bulk synchronous, by definition
     W = N - S
     ds = build_dataset(args)
     model = build_model(args, ds)
@@ -304,7 +301,7 @@ def run_rank(t, args: argparse.Namespace) -> dict | None:
     offs = block_offsets(model.num_params, S)
     role = Server(t, args, model, full_opt, meter, lr_at, W) if t.rank < S else Worker(t, args, ds, model, meter,
                                                                                        offs, W)
-    rep = Reporter(args, model, state, name="paramserver") if t.rank == 0 else None
+    rep = Reporter(args, model, state) if t.rank == 0 else None
     if rep:
         mode = args.mode + (f", staleness {args.staleness}" if args.mode == "ssp" else "")
         rep.say(f"paramserver: {S} server{'s' if S > 1 else ''} + {W} worker{'s' if W > 1 else ''} "

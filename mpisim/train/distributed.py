@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -81,7 +82,6 @@ def maybe_fail(args: argparse.Namespace, rank: int, step: int, x: np.ndarray) ->
     if kind == "nan":
         x[...] = np.nan
     else:
-        import os
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -172,16 +172,10 @@ def share_resume(t, args: argparse.Namespace, model: MLP, opt: Optimizer | None,
     if not args.resume:
         return state
     head = bcast(t, np.array([state.start_epoch], dtype=np.int64))
-    arrays = [model.params, model.buffers]
-    if opt is not None:
-        sd = opt.state_dict()
-        arrays += [sd[k] for k in sorted(sd) if k != "steps"]
-        steps = bcast(t, np.atleast_1d(sd["steps"]).astype(np.int64))
-    for a in arrays:
+    for a in (model.params, model.buffers):
         a[...] = bcast(t, a)
-    if opt is not None:
-        opt.load_state_dict({**{k: v for k, v in zip(sorted(k for k in sd if k != "steps"), arrays[2:])},
-                             "steps": steps[0]})
+    if opt is not None:      # the same keys in the same order on every rank: one bcast each
+        opt.load_state_dict({k: bcast(t, np.atleast_1d(v)).reshape(v.shape) for k, v in opt.state_dict().items()})
     if t.rank != 0:
         state.start_epoch = int(head[0])
     return state
@@ -210,11 +204,7 @@ class Meter:
         try:
             yield
         finally:
-            d = self._snap() - before
-            if category in self.by:
-                self.by[category] += d
-            else:
-                self.by[category] = d
+            self.by[category] = self.by.get(category, 0) + (self._snap() - before)
 
     @contextlib.contextmanager
     def computing(self):
@@ -284,9 +274,10 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
                 note = f"{f.text} = {f.bytes_sent:,}  " + ("agrees" if ok else
                         f"DIFFERS (formula: {f.messages_sent:,} msgs sent, {f.messages_received:,} msgs / "
                         f"{f.bytes_received:,} B received)")
-            lines.append(f"{role if i == 0 else '':<8} {len(ranks) if i == 0 else '':>5}  {c:<8} {int(s[0]):>10,} "
+            first = i == 0                                        # role, ranks and compute once per role
+            lines.append(f"{role if first else '':<8} {len(ranks) if first else '':>5}  {c:<8} {int(s[0]):>10,} "
                          f"{int(s[1]):>15,} {int(s[2]):>10,} {int(s[3]):>15,} "
-                         f"{compute if i == 0 else float('nan'):>9.2f} {comm_s:>8.2f}  {note}".replace(" nan", "    "))
+                         f"{f'{compute:.2f}' if first else '':>9} {comm_s:>8.2f}  {note}")
     lines.append("compute s and comm s: mean per rank of the role; comm s is time inside transport calls "
                  "(waiting included)")
     return "\n".join(lines), all_ok
@@ -295,7 +286,6 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
 # -- rank 0's side of a run: evaluate, print, log, checkpoint, plot ------------------------------------
 def under_mpiexec() -> bool:
     """True when this process was started by an MPI launcher (MPICH's hydra, Open MPI, PMIx)."""
-    import os
     return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_FD"))
 
 
@@ -312,13 +302,12 @@ class Reporter:
     """Rank 0's bookkeeping of a distributed run, the same as the centralized trainer's: one progress
     line and one metrics record per epoch (or round), a checkpoint after each, the curves at the end."""
 
-    def __init__(self, args: argparse.Namespace, model: MLP, state: RunState, *, name: str, unit: str = "epoch",
+    def __init__(self, args: argparse.Namespace, model: MLP, state: RunState, *, unit: str = "epoch",
                  out=None) -> None:
         from .metrics import MetricsLog
-        self.args, self.model, self.name, self.unit = args, model, name, unit
+        self.args, self.model, self.unit = args, model, unit
         self.log = MetricsLog(args.metrics, state.history)
         self.out = out or sys.stdout
-        self.t_start = time.perf_counter()
 
     def say(self, text: str) -> None:
         if not self.args.quiet:
@@ -326,13 +315,13 @@ class Reporter:
 
     def record(self, index: int, x_eval, y_eval, values: dict, *, save: Callable[[list[dict]], None] | None,
                x_val=None, y_val=None) -> dict:
-        """Evaluate the model on the test (and validation) set, log, print, checkpoint (``save(history)``)."""
+        """Evaluate the model on the test (and validation) set, log, print, checkpoint (``save(history)``).
+        ``values`` holds the paradigm's figures, ``seconds`` (the epoch's training time) among them."""
         from .metrics import progress_line
         rec = {self.unit: index, **values}
         rec["test_loss"], rec["test_acc"] = self.model.evaluate(x_eval, y_eval)
         if x_val is not None:
             rec["val_loss"], rec["val_acc"] = self.model.evaluate(x_val, y_val)
-        rec.setdefault("seconds", time.perf_counter() - self.t_start)
         self.log.add(rec)
         line = progress_line(rec, self.args.epochs, self.unit)
         if rec.get("comm_s") is not None:

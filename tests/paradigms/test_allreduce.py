@@ -113,6 +113,6 @@ def test_batch_smaller_than_ranks_still_matches():
     assert_close(run_sim(ar, 4, argv)["model"].params, run_centralized(argv).params)
 
 
-def test_parse_errors_are_not_needed_for_defaults():
+def test_defaults():
     args = parse(ar, ["--sim", "2"])
     assert args.algorithm == "auto" and args.bucket_mb == 0 and not args.overlap

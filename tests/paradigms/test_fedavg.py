@@ -93,6 +93,7 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path):
     (["--bad-client", "100:nan"], 2, "clients are 0..99"),
     (["--clients", "5000"], 1, "more than the 1437 training examples"),
     (["--plot-partition", "x.svg"], 2, "PNG"),
+    (["--inject-fault", "1:1:nan"], 2, "use --bad-client CLIENT:nan"),
     (["--plot-partition", "setup.cfg/x.png"], 2, "is a file, not a directory"),
 ])
 def test_bad_options_get_clear_errors(argv, code, message, capsys):
