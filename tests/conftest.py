@@ -1,5 +1,10 @@
 import os
 
+# Where there is no NVIDIA GPU, the Numba CUDA kernels run in Numba's CUDA simulator (every thread a
+# Python thread): it must be switched on before numba is first imported, hence here.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not os.path.exists("/dev/nvidiactl"):
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
 from hypothesis import HealthCheck, settings
 
 # Simulated runs start threads: no per-example deadline. CI gets a fixed example budget.

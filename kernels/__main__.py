@@ -1,0 +1,19 @@
+"""``python -m kernels``: which backends run on this machine, and why the others do not."""
+import sys
+
+from . import OPS, backend_status
+
+
+def main() -> int:
+    status = backend_status()
+    width = max(map(len, status))
+    print("kernels backends on this machine (grayscale, matmul):\n")
+    for name, why in status.items():
+        ops = ", ".join(op for op, names in OPS.items() if name in names)
+        print(f"  {name:<{width}}  [{ops}]  {why}")
+    print("\nBenchmark them: python -m kernels.bench   (--help for sizes and backends)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
