@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels as K
-from ._kernels import flat
+from .device import CPU
 
 __all__ = [
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Dropout", "BatchNorm1d",
@@ -22,8 +21,8 @@ __all__ = [
 ]
 
 
-def cached_buffer(cache: dict, key, shape: tuple[int, ...], dtype, *, limit: int = 16) -> np.ndarray:
-    """The array kept in ``cache`` under ``key`` (allocated on first use): an owned output buffer.
+def cached_buffer(cache: dict, key, shape: tuple[int, ...], dtype, *, limit: int = 16, xp=np) -> np.ndarray:
+    """The array kept in ``cache`` under ``key`` (allocated on first use, by ``xp``): an owned output buffer.
 
     Shapes come and go (the last batch of an epoch, evaluation), so past ``limit`` entries the
     cache starts over rather than hoarding.
@@ -32,12 +31,13 @@ def cached_buffer(cache: dict, key, shape: tuple[int, ...], dtype, *, limit: int
     if b is None:
         if len(cache) > limit:
             cache.clear()
-        b = cache[key] = np.empty(shape, dtype=dtype)
+        b = cache[key] = xp.empty(shape, dtype=dtype)
     return b
 
 
 class Layer:
-    """Base class: no parameters, no buffers, per-shape output buffers."""
+    """Base class: no parameters, no buffers, per-shape output buffers; ``ops`` is the device
+    (mpisim.nn.device) whose array module and fused steps the layer computes with."""
 
     param_shapes: dict[str, tuple[int, ...]] = {}
     buffer_shapes: dict[str, tuple[int, ...]] = {}
@@ -49,14 +49,22 @@ class Layer:
         self.dtype = np.dtype(np.float32)
         self.need_dx = True     # False for the first layer: nobody wants the gradient of the input
         self._bufs: dict[tuple, np.ndarray] = {}
+        self.ops = CPU
 
-    def bind(self, params: dict, grads: dict, buffers: dict, dtype) -> None:
-        """Take views into the model's flat parameter, gradient and buffer vectors."""
+    def bind(self, params: dict, grads: dict, buffers: dict, dtype, ops=CPU) -> None:
+        """Take views into the model's flat parameter, gradient and buffer vectors (on device ``ops``)."""
         self.params, self.grads, self.buffers = params, grads, buffers
         self.dtype = np.dtype(dtype)
+        self.ops = ops
+        self._bufs.clear()
+
+    @property
+    def xp(self):
+        """The array module of the layer's device: numpy, or cupy on a GPU."""
+        return self.ops.xp
 
     def _buf(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        return cached_buffer(self._bufs, (name, shape), shape, self.dtype)
+        return cached_buffer(self._bufs, (name, shape), shape, self.dtype, xp=self.xp)
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         raise NotImplementedError
@@ -79,17 +87,17 @@ class Linear(Layer):
     def forward(self, x, train=True):
         self.x = x
         y = self._buf("y", (x.shape[0], self.d_out))
-        np.matmul(x, self.params["W"], out=y)          # (B, d_in) @ (d_in, d_out) -> (B, d_out)
+        self.ops.matmul(x, self.params["W"], y)         # (B, d_in) @ (d_in, d_out) -> (B, d_out)
         y += self.params["b"]
         return y
 
     def backward(self, dY):
-        np.matmul(self.x.T, dY, out=self.grads["W"])    # (d_in, B) @ (B, d_out) -> dW
-        np.sum(dY, axis=0, out=self.grads["b"])
+        self.ops.matmul(self.x.T, dY, self.grads["W"])   # (d_in, B) @ (B, d_out) -> dW
+        self.xp.sum(dY, axis=0, out=self.grads["b"])
         if not self.need_dx:
             return None
         dX = self._buf("dX", self.x.shape)
-        np.matmul(dY, self.params["W"].T, out=dX)       # (B, d_out) @ (d_out, d_in) -> (B, d_in)
+        self.ops.matmul(dY, self.params["W"].T, dX)      # (B, d_out) @ (d_out, d_in) -> (B, d_in)
         return dX
 
     def __repr__(self):
@@ -99,11 +107,11 @@ class Linear(Layer):
 class ReLU(Layer):
     def forward(self, x, train=True):
         self.y = self._buf("y", x.shape)
-        K.relu_fwd(flat(x), flat(self.y))
+        self.ops.relu_fwd(x, self.y)
         return self.y
 
     def backward(self, dY):
-        K.relu_bwd(flat(dY), flat(self.y))
+        self.ops.relu_bwd(dY, self.y)
         return dY
 
 
@@ -115,11 +123,11 @@ class LeakyReLU(Layer):
     def forward(self, x, train=True):
         self.x = x
         y = self._buf("y", x.shape)
-        K.leaky_fwd(flat(x), flat(y), self.slope)
+        self.ops.leaky_fwd(x, y, self.slope)
         return y
 
     def backward(self, dY):
-        K.leaky_bwd(flat(dY), flat(self.x), self.slope)
+        self.ops.leaky_bwd(dY, self.x, self.slope)
         return dY
 
     def __repr__(self):
@@ -129,15 +137,16 @@ class LeakyReLU(Layer):
 class Sigmoid(Layer):
     def forward(self, x, train=True):
         y = self.y = self._buf("y", x.shape)
-        np.multiply(x, 0.5, out=y)                      # sigma(x) = (1 + tanh(x/2)) / 2: no overflow
-        np.tanh(y, out=y)
+        xp = self.xp
+        xp.multiply(x, 0.5, out=y)                      # sigma(x) = (1 + tanh(x/2)) / 2: no overflow
+        xp.tanh(y, out=y)
         y += 1
         y *= 0.5
         return y
 
     def backward(self, dY):
         t = self._buf("t", dY.shape)
-        np.subtract(1, self.y, out=t)
+        self.xp.subtract(1, self.y, out=t)
         t *= self.y
         dY *= t                                         # dX = dY * y * (1 - y)
         return dY
@@ -146,12 +155,13 @@ class Sigmoid(Layer):
 class Tanh(Layer):
     def forward(self, x, train=True):
         self.y = self._buf("y", x.shape)
-        return np.tanh(x, out=self.y)
+        return self.xp.tanh(x, out=self.y)
 
     def backward(self, dY):
         t = self._buf("t", dY.shape)
-        np.multiply(self.y, self.y, out=t)
-        np.subtract(1, t, out=t)
+        xp = self.xp
+        xp.multiply(self.y, self.y, out=t)
+        xp.subtract(1, t, out=t)
         dY *= t                                         # dX = dY * (1 - y^2)
         return dY
 
@@ -162,11 +172,11 @@ class GELU(Layer):
     def forward(self, x, train=True):
         self.x = x
         y = self._buf("y", x.shape)
-        K.gelu_fwd(flat(x), flat(y))
+        self.ops.gelu_fwd(x, y)
         return y
 
     def backward(self, dY):
-        K.gelu_bwd(flat(dY), flat(self.x))
+        self.ops.gelu_bwd(dY, self.x)
         return dY
 
 
@@ -189,14 +199,19 @@ class Dropout(Layer):
         if not self.active:
             return x
         self.u = self._buf("u", x.shape)
-        self.rng.random(out=self.u, dtype=self.dtype.type)
+        if self.ops.on_host:
+            self.rng.random(out=self.u, dtype=self.dtype.type)
+        else:               # drawn on the host: the same masks as on the CPU, from the same seed
+            u = cached_buffer(self._bufs, ("u_host", x.shape), x.shape, self.dtype)
+            self.rng.random(out=u, dtype=self.dtype.type)
+            self.ops.from_host(u, out=self.u)
         y = self._buf("y", x.shape)
-        K.dropout_fwd(flat(x), flat(self.u), flat(y), self.p, 1.0 / (1.0 - self.p))
+        self.ops.dropout_fwd(x, self.u, y, self.p, 1.0 / (1.0 - self.p))
         return y
 
     def backward(self, dY):
         if self.active:
-            K.dropout_bwd(flat(dY), flat(self.u), self.p, 1.0 / (1.0 - self.p))
+            self.ops.dropout_bwd(dY, self.u, self.p, 1.0 / (1.0 - self.p))
         return dY
 
     def __repr__(self):
@@ -222,25 +237,34 @@ class BatchNorm1d(Layer):
         self.buffer_shapes = {"running_mean": (num_features,), "running_var": (num_features,)}
         self.sum_across = None
 
+    def _sum_across(self, v) -> None:
+        """sum_across(v) in place, through the host when the layer computes on a GPU."""
+        if self.ops.on_host:
+            self.sum_across(v)
+            return
+        h = self.ops.to_host(v)
+        self.sum_across(h)
+        self.ops.from_host(h, out=v)
+
     def _batch_stats(self, x, xh):
         """Mean and biased variance over the (global) batch; x - mean is left in xh. Returns (mean, var, B)."""
         B = x.shape[0]
         if self.sum_across is None:
-            mean = np.mean(x, axis=0, dtype=self.dtype)
-            np.subtract(x, mean, out=xh)
-            return mean, np.mean(self._sq(xh), axis=0, dtype=self.dtype), B
+            mean = self.xp.mean(x, axis=0, dtype=self.dtype)
+            self.xp.subtract(x, mean, out=xh)
+            return mean, self.xp.mean(self._sq(xh), axis=0, dtype=self.dtype), B
         s = self._buf("s", (self.C + 1,))                                 # [sum x, count]
-        np.sum(x, axis=0, dtype=self.dtype, out=s[:-1])
+        self.xp.sum(x, axis=0, dtype=self.dtype, out=s[:-1])
         s[-1] = B
-        self.sum_across(s)
+        self._sum_across(s)
         B = int(round(float(s[-1])))
         if B < 2:
             raise ValueError("BatchNorm1d: a training batch needs at least 2 examples over all replicas")
         mean = s[:-1] / self.dtype.type(B)
-        np.subtract(x, mean, out=xh)
+        self.xp.subtract(x, mean, out=xh)
         q = self._buf("q", (self.C,))                                     # sum (x - mean)^2: two passes,
-        np.sum(self._sq(xh), axis=0, dtype=self.dtype, out=q)              # as accurate as the local path
-        self.sum_across(q)
+        self.xp.sum(self._sq(xh), axis=0, dtype=self.dtype, out=q)              # as accurate as the local path
+        self._sum_across(q)
         return mean, q / self.dtype.type(B), B
 
     def forward(self, x, train=True):
@@ -258,25 +282,25 @@ class BatchNorm1d(Layer):
             rv *= 1 - m
             rv += (m * self.dtype.type(B / (B - 1))) * var                 # unbiased, for running
         else:
-            np.subtract(x, self.buffers["running_mean"], out=xh)
+            self.xp.subtract(x, self.buffers["running_mean"], out=xh)
             var = self.buffers["running_var"]
-        self.inv_std = 1 / np.sqrt(var + self.dtype.type(self.eps))
+        self.inv_std = 1 / self.xp.sqrt(var + self.dtype.type(self.eps))
         xh *= self.inv_std
         y = self._buf("y", x.shape)
-        np.multiply(xh, self.params["gamma"], out=y)
+        self.xp.multiply(xh, self.params["gamma"], out=y)
         y += self.params["beta"]
         return y
 
     def _sq(self, a):
         t = self._buf("t", a.shape)
-        return np.multiply(a, a, out=t)
+        return self.xp.multiply(a, a, out=t)
 
     def backward(self, dY):
         dgamma, dbeta = self.grads["gamma"], self.grads["beta"]
-        np.sum(dY, axis=0, out=dbeta)
+        self.xp.sum(dY, axis=0, out=dbeta)
         t = self._buf("t", dY.shape)
-        np.multiply(dY, self.x_hat, out=t)
-        np.sum(t, axis=0, out=dgamma)
+        self.xp.multiply(dY, self.x_hat, out=t)
+        self.xp.sum(t, axis=0, out=dgamma)
         if not self.need_dx:
             return None
         if not self.train:          # eval: the statistics are constants, the layer is affine
@@ -286,11 +310,11 @@ class BatchNorm1d(Layer):
         if self.sum_across is not None:     # the sums of dX run over the global batch; the parameter
             g = self._buf("g", (2 * self.C,))   # gradients stay local (the gradient allreduce sums them)
             g[:self.C], g[self.C:] = dbeta, dgamma
-            self.sum_across(g)
+            self._sum_across(g)
             sum_dy, sum_dyx = g[:self.C], g[self.C:]
         B = self.B
         # dX = gamma * inv_std / B * (B * dY - sum(dY) - x_hat * sum(dY * x_hat))
-        np.multiply(self.x_hat, sum_dyx, out=t)
+        self.xp.multiply(self.x_hat, sum_dyx, out=t)
         dY *= B
         dY -= sum_dy
         dY -= t

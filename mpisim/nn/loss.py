@@ -8,36 +8,40 @@ from __future__ import annotations
 
 import numpy as np
 
+from .device import CPU
 from .layers import cached_buffer
 
 __all__ = ["SoftmaxCrossEntropy"]
 
 
 class SoftmaxCrossEntropy:
-    """``forward(logits, labels) -> mean loss``; ``backward(scale=None) -> dlogits``."""
+    """``forward(logits, labels) -> mean loss``; ``backward(scale=None) -> dlogits``. Labels live where
+    the logits do (on device ``ops``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ops=CPU) -> None:
         self._bufs: dict[tuple, np.ndarray] = {}
+        self.ops = ops
 
     def forward(self, logits: np.ndarray, labels: np.ndarray) -> float:
         B, C = logits.shape
-        labels = np.asarray(labels)
+        xp = self.ops.xp
+        labels = xp.asarray(labels)
         if labels.shape != (B,):
             raise ValueError(f"SoftmaxCrossEntropy: labels of shape {labels.shape} for logits {logits.shape}")
         if B and (labels.min() < 0 or labels.max() >= C):
             raise ValueError(f"SoftmaxCrossEntropy: labels must be in [0, {C}), got {labels.min()}..{labels.max()}")
         p = self.probs = cached_buffer(self._bufs, (logits.shape, logits.dtype), logits.shape, logits.dtype,
-                                       limit=8)
-        np.subtract(logits, logits.max(axis=1, keepdims=True), out=p)    # shift: exp never overflows
-        rows = np.arange(B)
+                                       limit=8, xp=xp)
+        xp.subtract(logits, logits.max(axis=1, keepdims=True), out=p)    # shift: exp never overflows
+        rows = xp.arange(B)
         picked = p[rows, labels]                                          # z_y - max  (B,)
-        np.exp(p, out=p)
+        xp.exp(p, out=p)
         s = p.sum(axis=1, keepdims=True)
         p /= s                                                            # softmax, kept for backward
         self.labels, self.rows = labels, rows
         if B == 0:
             return 0.0
-        return float(np.mean(np.log(s[:, 0]) - picked))
+        return float(xp.mean(xp.log(s[:, 0]) - picked))
 
     def backward(self, scale: float | None = None) -> np.ndarray:
         """dL/dlogits, written into the softmax buffer (valid until the next forward)."""

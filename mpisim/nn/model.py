@@ -5,6 +5,10 @@ a view into it; ``model.grads`` is laid out the same way. A paradigm therefore m
 step (one allreduce, one push, one pull, one average), as DDP's buckets and Horovod's fusion do.
 BatchNorm's running statistics are not trained; they live in a third flat vector, ``model.buffers``.
 
+``device="cuda"`` computes on a GPU with CuPy (mpisim.nn.device): the three flat vectors stay on the
+host, where optimizers and paradigms use them, and the device keeps a mirror. Each forward uploads
+the parameters; backward downloads the gradient (layer by layer when a hook asks for it).
+
 Hidden block: Linear -> [BatchNorm1d] -> activation -> [Dropout]; the last Linear gives the logits.
 ``MLP([64, 10])`` has no hidden layer: multinomial logistic regression.
 """
@@ -14,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .device import make_device
 from .init import INITIALIZERS, init_weight
 from .layers import ACTIVATIONS, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear
 from .loss import SoftmaxCrossEntropy
@@ -42,7 +47,7 @@ class MLP:
 
     def __init__(self, sizes: Sequence[int], *, activation: str = "relu", dropout: float = 0.0,
                  batchnorm: bool = False, init: str = "auto", leaky_slope: float = 0.01,
-                 dtype=np.float32, seed: int = 0) -> None:
+                 dtype=np.float32, seed: int = 0, device="cpu") -> None:
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s <= 0 for s in sizes):
             raise ValueError(f"MLP needs at least [inputs, outputs], all positive; got {sizes}")
@@ -69,7 +74,8 @@ class MLP:
                     layers.append(Dropout(dropout))
         self.layers = layers
         layers[0].need_dx = False
-        self.loss_fn = SoftmaxCrossEntropy()
+        self.ops = make_device(device) if isinstance(device, str) else device
+        self.loss_fn = SoftmaxCrossEntropy(self.ops)
 
         # One flat vector each; every layer gets views. `slices` records (layer, name, offset, shape).
         self.slices: list[tuple[int, str, int, tuple[int, ...]]] = []
@@ -85,15 +91,22 @@ class MLP:
         self.params = np.zeros(n_p, dtype=self.dtype)
         self.grads = np.zeros(n_p, dtype=self.dtype)
         self.buffers = np.zeros(n_b, dtype=self.dtype)
+        if self.ops.on_host:        # the layers compute in the model's own vectors
+            self._dev = (self.params, self.grads, self.buffers)
+        else:                       # a mirror of each on the device
+            self._dev = tuple(self.ops.xp.zeros(n, dtype=self.dtype) for n in (n_p, n_p, n_b))
         views = [({}, {}, {}) for _ in layers]
+        self._grad_range = [[n_p, 0] for _ in layers]      # layer -> [lo, hi) of its gradients
         for li, name, off, shape in self.slices:
             size = int(np.prod(shape))
-            views[li][0][name] = self.params[off:off + size].reshape(shape)
-            views[li][1][name] = self.grads[off:off + size].reshape(shape)
+            views[li][0][name] = self._dev[0][off:off + size].reshape(shape)
+            views[li][1][name] = self._dev[1][off:off + size].reshape(shape)
+            r = self._grad_range[li]
+            r[0], r[1] = min(r[0], off), max(r[1], off + size)
         for li, name, off, shape in self.buffer_slices:
-            views[li][2][name] = self.buffers[off:off + int(np.prod(shape))].reshape(shape)
+            views[li][2][name] = self._dev[2][off:off + int(np.prod(shape))].reshape(shape)
         for layer, (p, g, b) in zip(layers, views):
-            layer.bind(p, g, b, self.dtype)
+            layer.bind(p, g, b, self.dtype, self.ops)
         self.reset_parameters()
         self.seed_dropout(0)
 
@@ -101,15 +114,19 @@ class MLP:
     def reset_parameters(self) -> None:
         """Weights from the initializer (seeded by ``seed``), biases 0, BatchNorm gamma 1 / beta 0."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _INIT_PURPOSE]))
-        for layer in self.layers:
+        p = {(li, name): self.params[off:off + int(np.prod(shape))].reshape(shape)
+             for li, name, off, shape in self.slices}
+        b = {(li, name): self.buffers[off:off + int(np.prod(shape))].reshape(shape)
+             for li, name, off, shape in self.buffer_slices}
+        for li, layer in enumerate(self.layers):       # in the host vectors; a device copies them at forward
             if isinstance(layer, Linear):
-                init_weight(layer.params["W"], self.init, rng)
-                layer.params["b"][...] = 0
+                init_weight(p[li, "W"], self.init, rng)
+                p[li, "b"][...] = 0
             elif isinstance(layer, BatchNorm1d):
-                layer.params["gamma"][...] = 1
-                layer.params["beta"][...] = 0
-                layer.buffers["running_mean"][...] = 0
-                layer.buffers["running_var"][...] = 1
+                p[li, "gamma"][...] = 1
+                p[li, "beta"][...] = 0
+                b[li, "running_mean"][...] = 0
+                b[li, "running_var"][...] = 1
 
     def seed_dropout(self, *key: int) -> None:
         """Give every Dropout layer its own generator from (seed, key..., layer): e.g. key = (epoch,)
@@ -121,33 +138,55 @@ class MLP:
 
     # -- compute -----------------------------------------------------------------------------------
     def _check_input(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
+        xp = self.ops.xp
+        x = xp.asarray(x)                              # to the device, if the model computes there
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"MLP expects input of shape (batch, {self.sizes[0]}), got {x.shape}")
-        return np.ascontiguousarray(x, dtype=self.dtype)
+        return xp.ascontiguousarray(x, dtype=self.dtype)
 
-    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
-        """Logits (B, classes). The returned array is reused by the next forward."""
+    def _upload(self) -> None:
+        """Device mirror <- host parameters and buffers (the optimizer and the paradigms change those)."""
+        if not self.ops.on_host:
+            self.ops.from_host(self.params, out=self._dev[0])
+            self.ops.from_host(self.buffers, out=self._dev[2])
+
+    def _forward(self, x, train: bool):
         h = self._check_input(x)
         for layer in self.layers:
             h = layer.forward(h, train)
+        if train and not self.ops.on_host and self.buffers.size:
+            self.ops.to_host(self._dev[2], out=self.buffers)   # BatchNorm's running statistics
         return h
+
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
+        """Logits (B, classes), on the model's device. The returned array is reused by the next forward."""
+        self._upload()
+        return self._forward(x, train)
 
     def backward(self, dlogits: np.ndarray, hook: Callable[[int], None] | None = None) -> None:
         """Fill ``self.grads`` (overwriting it). ``hook(i)`` runs after layer i's gradients are
-        final, from the last layer down: a data-parallel trainer can start sending them early."""
+        final, from the last layer down: a data-parallel trainer can start sending them early.
+        On a GPU each layer's gradients reach ``self.grads`` before its hook runs."""
         d = dlogits
+        staged = not self.ops.on_host
         for i in range(len(self.layers) - 1, -1, -1):
             d = self.layers[i].backward(d)
+            if staged and hook is not None:
+                lo, hi = self._grad_range[i]
+                if lo < hi:
+                    self.ops.to_host(self._dev[1][lo:hi], out=self.grads[lo:hi])
             if hook is not None:
                 hook(i)
+        if staged and hook is None:
+            self.ops.to_host(self._dev[1], out=self.grads)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, *, scale: float | None = None,
                    hook: Callable[[int], None] | None = None) -> tuple[float, int]:
         """Forward, loss, backward in train mode. Returns (mean loss, number correct); the gradient
         is that of the mean loss, or of the loss summed with weight ``scale`` per example."""
         logits = self.forward(x, train=True)
-        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        y = self.ops.xp.asarray(y)
+        correct = int(self.ops.xp.count_nonzero(logits.argmax(axis=1) == y))
         loss = self.loss_fn.forward(logits, y)
         self.backward(self.loss_fn.backward(scale), hook)
         return loss, correct
@@ -158,16 +197,19 @@ class MLP:
         if n == 0:
             return float("nan"), float("nan")
         total_loss, correct = 0.0, 0
+        self._upload()
+        xp = self.ops.xp
         for s in range(0, n, batch_size):
-            logits = self.forward(x[s:s + batch_size], train=False)
-            yb = y[s:s + batch_size]
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == yb))
+            logits = self._forward(x[s:s + batch_size], train=False)
+            yb = xp.asarray(y[s:s + batch_size])
+            correct += int(xp.count_nonzero(logits.argmax(axis=1) == yb))
             total_loss += self.loss_fn.forward(logits, yb) * len(yb)
         return total_loss / n, correct / n
 
     def predict(self, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
         """Predicted classes in eval mode."""
-        return np.concatenate([self.forward(x[s:s + batch_size], train=False).argmax(axis=1)
+        self._upload()
+        return np.concatenate([self.ops.to_host(self._forward(x[s:s + batch_size], train=False).argmax(axis=1))
                                for s in range(0, len(x), batch_size)] or [np.zeros(0, np.int64)])
 
     # -- description -------------------------------------------------------------------------------
@@ -184,7 +226,7 @@ class MLP:
         kind = "logistic regression" if len(self.sizes) == 2 else f"MLP, {self.activation}"
         extra = (", batchnorm" if self.batchnorm else "") + (f", dropout {self.dropout}" if self.dropout else "")
         return (f"{'-'.join(map(str, self.sizes))} ({kind}{extra}): {self.num_params:,} parameters, "
-                f"{self.params.nbytes / 2**20:.2f} MiB {self.dtype.name}")
+                f"{self.params.nbytes / 2**20:.2f} MiB {self.dtype.name}" + ("" if self.ops.on_host else f", on {self.ops.name}"))
 
     def __repr__(self) -> str:
         return f"MLP({self.sizes}, layers=[{', '.join(map(repr, self.layers))}])"

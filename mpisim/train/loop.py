@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data import Dataset, epoch_permutation, load_dataset
 from ..nn import MLP, Optimizer, flush_denormals, make_optimizer, make_schedule
+from ..nn.device import make_device
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from .metrics import MetricsLog, plot_curves, progress_line
 from .options import run_config
@@ -34,7 +35,8 @@ def build_dataset(args: argparse.Namespace) -> Dataset:
 
 def build_model(args: argparse.Namespace, ds: Dataset) -> MLP:
     return MLP([ds.num_features, *args.hidden, ds.num_classes], activation=args.activation,
-               dropout=args.dropout, batchnorm=args.batchnorm, init=args.init, dtype=args.dtype, seed=args.seed)
+               dropout=args.dropout, batchnorm=args.batchnorm, init=args.init, dtype=args.dtype, seed=args.seed,
+               device=make_device(getattr(args, "device", "cpu"), matmul_backend=getattr(args, "matmul_backend", "auto")))
 
 
 def build_optimizer(args: argparse.Namespace, model: MLP) -> Optimizer:

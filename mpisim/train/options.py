@@ -12,12 +12,13 @@ import os
 
 from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
+from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
 
 __all__ = ["add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
-                     "download")
+                     "download", "device", "matmul_backend")
 
 
 def _int_at_least(minimum: int, what: str):
@@ -89,6 +90,11 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--init", choices=["auto", *INITIALIZERS], default="auto",
                    help="weight initializer (auto: He for ReLU-like, Xavier for tanh/sigmoid)")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default float32)")
+    g.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="cuda: layers on a GPU with CuPy, parameters uploaded and the gradient downloaded "
+                        "every step (needs pip install -e '.[gpu]'; default cpu)")
+    g.add_argument("--matmul-backend", choices=MATMUL_BACKENDS, default="auto",
+                   help="with --device cuda: the kernels backend of the matrix multiplies (auto: cuBLAS)")
 
     g = p.add_argument_group("optimization")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=optimizer,
@@ -130,6 +136,12 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     missing folders of --metrics and --plot once they are known to be writable."""
     if args.resume and not args.checkpoint:
         p.error("--resume needs --checkpoint DIR (the run to continue)")
+    if args.device == "cpu" and args.matmul_backend != "auto":
+        p.error("--matmul-backend is for --device cuda (on the CPU the MLP multiplies with BLAS)")
+    try:
+        make_device(args.device, matmul_backend=args.matmul_backend)
+    except DeviceUnavailable as e:
+        p.error(str(e))
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
     if not 0 < args.gamma <= 1:
