@@ -1,7 +1,27 @@
-"""The CUDA C source of the ``cupy`` backend's matmul, kept apart from CuPy so that it can be read,
-and tested, without a GPU (tests/kernels/test_cuda_source.py runs it on the CPU with a thread per
-CUDA thread). The algorithm is the Numba CUDA kernel's (kernels/_numba_cuda.py), written in C.
+"""The CUDA C sources of the ``cupy`` backend, kept apart from CuPy so that they can be read, and
+tested, without a GPU (tests/kernels/test_cuda_source.py compiles them with g++ and runs them on the
+CPU, the matmul with a thread per CUDA thread). The matmul's algorithm is the Numba CUDA kernel's
+(kernels/_numba_cuda.py), written in C.
 """
+from ._luma import DIV, HALF, W_F32, W_INT
+
+_U8 = " + ".join(f"{w} * (int)src[{{{c}}}]" for w, c in zip(W_INT, "rgb"))
+_F32 = " + ".join(f"{float(w)!r}f * src[{{{c}}}]" for w, c in zip(W_F32, "rgb"))    # the float32 weights, exactly
+
+
+def gray_source(kind: str, layout: str) -> tuple[str, str, str]:
+    """(in params, out params, body) of the grayscale ElementwiseKernel for ``kind`` "u8" or "f32"
+    and ``layout`` "hwc" or "chw". CuPy loops over the output index ``i``: one pixel per thread."""
+    # hwc: src is (P, 3) flattened, pixel i at 3i, 3i+1, 3i+2; chw: (N, 3, Q) flattened, pixel i = n Q + q
+    if layout == "hwc":
+        idx, params, pre = dict(r="3 * i", g="3 * i + 1", b="3 * i + 2"), "raw T src", ""
+    else:
+        idx, params = dict(r="o", g="o + Q", b="o + 2 * Q"), "raw T src, int64 Q"
+        pre = "long long o = (i / Q) * 3 * Q + i % Q; "
+    if kind == "u8":
+        return params, "uint8 dst", f"{pre}int y = {_U8.format(**idx)}; dst = (unsigned char)((y + {HALF}) / {DIV});"
+    return params, "float32 dst", f"{pre}dst = {_F32.format(**idx)};"
+
 BM = BN = 128
 BK = 8
 TM = TN = 8

@@ -12,28 +12,11 @@ import functools
 
 import cupy as cp
 
-from ._cuda_src import BM, BN, MATMUL_SRC, TX, TY, defines
-from ._luma import DIV, HALF, W_F32, W_INT
-
-_U8 = " + ".join(f"{w} * (int)src[{{{c}}}]" for w, c in zip(W_INT, "rgb"))
-_F32 = " + ".join(f"{float(w)!r}f * src[{{{c}}}]" for w, c in zip(W_F32, "rgb"))    # the float32 weights, exactly
-
+from ._cuda_src import BM, BN, MATMUL_SRC, TX, TY, defines, gray_source
 
 @functools.cache
 def _gray_kernel(kind: str, layout: str) -> cp.ElementwiseKernel:
-    # hwc: src is (P, 3) flattened, pixel i at 3i, 3i+1, 3i+2; chw: (N, 3, Q), pixel i = n Q + q
-    if layout == "hwc":
-        idx, params = dict(r="3 * i", g="3 * i + 1", b="3 * i + 2"), "raw T src"
-        pre = ""
-    else:
-        idx, params = dict(r="o", g="o + Q", b="o + 2 * Q"), "raw T src, int64 Q"
-        pre = "long long o = (i / Q) * 3 * Q + i % Q; "
-    if kind == "u8":
-        body = f"{pre}int y = {_U8.format(**idx)}; dst = (unsigned char)((y + {HALF}) / {DIV});"
-        out = "uint8 dst"
-    else:
-        body = f"{pre}dst = {_F32.format(**idx)};"
-        out = "float32 dst"
+    params, out, body = gray_source(kind, layout)
     return cp.ElementwiseKernel(params, out, body, f"mpisim_gray_{kind}_{layout}")
 
 

@@ -68,3 +68,64 @@ def test_cupy_matmul_source_on_cpu_threads(tmp_path):
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.count("max rel err") == 12
+
+
+GRAY_HARNESS = r"""
+#include <cstdio>
+#include <vector>
+typedef unsigned char uint8;
+template <typename T, typename D>
+void kernel(const T* src, D* out, long long n, long long Q) {
+    (void)Q;
+    for (long long i = 0; i < n; ++i) {      // what CuPy's ElementwiseKernel does, one i per thread
+        D& dst = out[i];
+        %(body)s
+    }
+}
+int main(int argc, char** argv) {
+    long long n = %(n)d, q = %(q)d;
+    std::vector<%(T)s> src(3 * n);
+    std::vector<%(D)s> dst(n);
+    FILE* f = fopen(argv[1], "rb");
+    if (fread(src.data(), sizeof(%(T)s), 3 * n, f) != (size_t)(3 * n)) return 2;
+    fclose(f);
+    kernel(src.data(), dst.data(), n, q);
+    f = fopen(argv[2], "wb");
+    fwrite(dst.data(), sizeof(%(D)s), n, f);
+    fclose(f);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to run the CUDA C source on the CPU")
+@pytest.mark.parametrize("kind", ["u8", "f32"])
+@pytest.mark.parametrize("layout", ["hwc", "chw"])
+def test_cupy_grayscale_source_on_the_cpu(tmp_path, kind, layout):
+    import numpy as np
+
+    from kernels._cuda_src import gray_source
+
+    from .helpers import luma_f64, luma_u8
+    from .test_grayscale import _every_rgb_corner_and_tie
+
+    px, _ = _every_rgb_corner_and_tie()
+    img = px[:1400].reshape(2, 25, 28, 3)                        # N, H, W, 3 with the rounding ties in it
+    if kind == "f32":
+        img = img.astype(np.float32) + np.float32(0.25)
+    src = img if layout == "hwc" else np.ascontiguousarray(np.moveaxis(img, -1, 1))
+    _, out_decl, body = gray_source(kind, layout)
+    T, D = ("uint8", "uint8") if kind == "u8" else ("float", "float")
+    assert out_decl == ("uint8 dst" if kind == "u8" else "float32 dst")      # the result's dtype
+    code = GRAY_HARNESS % dict(body=body, n=img.shape[0] * 25 * 28, q=25 * 28, T=T, D=D)
+    (tmp_path / "g.cpp").write_text(code)
+    build = subprocess.run(["g++", "-O1", str(tmp_path / "g.cpp"), "-o", str(tmp_path / "g")],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    src.tofile(tmp_path / "in.bin")
+    subprocess.run([str(tmp_path / "g"), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], check=True, timeout=60)
+    got = np.fromfile(tmp_path / "out.bin", dtype=np.uint8 if kind == "u8" else np.float32).reshape(2, 25, 28)
+    if kind == "u8":
+        np.testing.assert_array_equal(got, luma_u8(img))
+    else:
+        np.testing.assert_allclose(got, luma_f64(img), rtol=1e-6)
