@@ -5,7 +5,7 @@
     >>> kernels.grayscale(img).shape                     # auto: the fastest backend for a host image
     (1080, 1920)
     >>> a = np.ones((3, 5), np.float32); b = np.ones((5, 2), np.float32)
-    >>> kernels.matmul(a, b, backend="numba")[0, 0]
+    >>> float(kernels.matmul(a, b, backend="numba")[0, 0])
     5.0
     >>> kernels.available_backends()                     # doctest: +SKIP
     ['python', 'numpy', 'numba']

@@ -24,10 +24,6 @@ OPS = {"grayscale": ("python", "numpy", "numba", "numba_cuda", "cupy"),
 
 GPU_INSTALL = "pip install -e '.[gpu]' (numba-cuda and cupy-cuda12x; needs an NVIDIA driver for CUDA 12)"
 
-# auto on the host: below this many pixels NumPy's vectorized integer math beats starting Numba's
-# thread pool (measured with python -m kernels.bench --sizes; see docs/kernels.md)
-GRAY_NUMBA_MIN_PIXELS = 1 << 14
-
 
 class BackendUnavailable(RuntimeError):
     """The backend asked for is not installed, or needs a GPU this machine does not have."""
@@ -109,13 +105,11 @@ def is_cupy_array(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
-def choose(op: str, device: bool, size: int) -> str:
-    """The backend ``auto`` means for ``op`` on an array on the GPU (``device``) or the host, of ``size``
-    elements: the fastest available in the benchmark's measurements (docs/kernels.md)."""
-    if not device:
-        if op == "grayscale" and size >= GRAY_NUMBA_MIN_PIXELS:
-            return "numba"
-        return "numpy"                            # BLAS for matmul; small images: no thread start-up
+def choose(op: str, device: bool) -> str:
+    """The backend ``auto`` means for ``op`` on an array on the GPU (``device``) or on the host: the
+    fastest available in the measurements of docs/kernels.md (at every size measured)."""
+    if not device:      # numba beat numpy on every image size from 4 x 4 to 1080p; BLAS beats numba
+        return "numba" if op == "grayscale" else "numpy"
     order = ("cublas", "cupy", "numba_cuda") if op == "matmul" else ("cupy", "numba_cuda")
     for name in order:
         if _problem(name) is None:

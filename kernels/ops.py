@@ -24,11 +24,11 @@ def _module(name: str):
     return importlib.import_module(f"kernels.{_MODULES[name]}")
 
 
-def _pick(op: str, backend: str, device: bool, size: int, what: str) -> str:
+def _pick(op: str, backend: str, device: bool, what: str) -> str:
     """The backend to run (resolving auto), after checking it exists and suits where the data is."""
     if not isinstance(backend, str):
         raise TypeError(f"{op}: backend must be a name, got {type(backend).__name__}")
-    name = choose(op, device, size) if backend == "auto" else backend
+    name = choose(op, device) if backend == "auto" else backend
     require(name, op)
     if device and name not in GPU_BACKENDS:
         raise TypeError(f"{op}(backend={name!r}) got a GPU array for {what}: copy it to the host with "
@@ -123,7 +123,7 @@ def grayscale(images, backend: str = "auto", out=None, *, layout: str = "hwc"):
     if not fits:
         raise ValueError(f"grayscale(layout={layout!r}) expects {expected}, got shape {shape}{other or ''}")
     pixels = int(np.prod(out_shape))
-    name = _pick("grayscale", backend, device, pixels, "images")
+    name = _pick("grayscale", backend, device, "images")
     out = _prepare_out("grayscale", out, images, out_shape, dtype, (images,))
     if pixels == 0:
         return out
@@ -176,7 +176,7 @@ def matmul(a, b, backend: str = "auto", out=None):
     except ValueError:
         raise ValueError(f"matmul: the batch dimensions of {sa} and {sb} do not broadcast") from None
     shape = batch + ((M,) if not a_vec else ()) + ((N,) if not b_vec else ())
-    name = _pick("matmul", backend, device, int(np.prod(batch)) * M * N * K, "a and b")
+    name = _pick("matmul", backend, device, "a and b")
     out = _prepare_out("matmul", out, a, shape, da, (a, b))
     if int(np.prod(shape)) == 0:
         return out

@@ -12,6 +12,10 @@ TOOLS = [
      "mpiexec -n 3 python -m mpisim.fedavg   (or: python -m mpisim.fedavg --sim 3)"),
     ("mpisim.bench", "allreduce algorithms next to MPI's own Allreduce (OSU-style table)",
      "mpiexec -n 2 python -m mpisim.bench"),
+    ("kernels", "grayscale and matmul backends (numpy, numba, numba_cuda, cupy): which run here",
+     "python -m kernels"),
+    ("kernels.bench", "the kernels' GB/s and GFLOP/s next to memcpy, BLAS and cuBLAS",
+     "python -m kernels.bench"),
 ]
 
 

@@ -87,7 +87,7 @@ def test_out_is_filled_and_returned(backend):
 
 
 def test_auto_picks_a_host_backend_and_agrees():
-    for shape in [(4, 4, 3), (2, 300, 300, 3)]:            # below and above the numba threshold
+    for shape in [(4, 4, 3), (2, 300, 300, 3)]:
         img = _image(np.random.default_rng(3), None if len(shape) == 3 else shape[0], *shape[-3:-1], np.uint8)
         np.testing.assert_array_equal(grayscale(img), luma_u8(img))
 
