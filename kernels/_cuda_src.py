@@ -35,7 +35,7 @@ mm(const T* __restrict__ A, const T* __restrict__ B, T* __restrict__ C, int M, i
     __shared__ T As[BK][BM];      // A's tile transposed: As[k][row]
     __shared__ T Bs[BK][BN];
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * TX + tx;
-    const long long row0 = (long long)blockIdx.y * BM, col0 = (long long)blockIdx.x * BN;
+    const long long row0 = (long long)blockIdx.x * BM, col0 = (long long)blockIdx.y * BN;   // rows on x: 2^31 - 1 blocks
     T acc[TM][TN];
     #pragma unroll
     for (int i = 0; i < TM; ++i)

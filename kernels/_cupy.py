@@ -41,7 +41,7 @@ def matmul2d(a, b, out) -> None:
     M, K = a.shape
     N = b.shape[1]
     fn = _module().get_function("mm<float>" if out.dtype == cp.float32 else "mm<double>")
-    grid = ((N + BN - 1) // BN, (M + BM - 1) // BM)
+    grid = ((M + BM - 1) // BM, (N + BN - 1) // BN)            # row blocks on x, as the kernel reads them
     fn(grid, (TX, TY), (a, b, out, cp.int32(M), cp.int32(N), cp.int32(K)))
 
 

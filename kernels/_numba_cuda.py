@@ -4,7 +4,8 @@ Grayscale: one thread per pixel, 256 threads a block.
 
 Matmul: the tiled shared-memory algorithm with register blocking (the step after the textbook
 16 x 16 tile; see docs/kernels.md for the ladder):
-* a block of 16 x 16 threads computes a BM x BN = 128 x 128 tile of C;
+* a block of 16 x 16 threads computes a BM x BN = 128 x 128 tile of C (row blocks along the grid's x,
+  whose limit is 2^31 - 1 blocks, so M may be in the billions; N may reach 65,535 x 128);
 * it walks K in steps of BK = 8: the threads copy an (BM x BK) tile of A and a (BK x BN) tile of B
   into shared memory (zeros past the edges, so no size needs to be a multiple of a tile), wait, and
   each thread multiplies them into its own TM x TN = 8 x 8 accumulators, held in registers;
@@ -92,8 +93,8 @@ def _make_matmul(dtype):
         N = B.shape[1]
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         tid = ty * TX + tx
-        row0 = cuda.blockIdx.y * BM
-        col0 = cuda.blockIdx.x * BN
+        row0 = cuda.blockIdx.x * BM          # row blocks on x: its limit is 2^31 - 1, y's is 65,535
+        col0 = cuda.blockIdx.y * BN
         As = cuda.shared.array((BK, BM), dtype)      # A's tile, transposed: As[k, row]
         Bs = cuda.shared.array((BK, BN), dtype)
         acc = cuda.local.array((TM, TN), dtype)
@@ -144,5 +145,5 @@ _MATMUL = {np.dtype(np.float32): _make_matmul(float32), np.dtype(np.float64): _m
 def matmul2d(a, b, out) -> None:
     """(M, K) @ (K, N) -> out (M, N), device arrays."""
     M, N = out.shape
-    grid = (_blocks(N, BN), _blocks(M, BM))
+    grid = (_blocks(M, BM), _blocks(N, BN))
     _MATMUL[np.dtype(out.dtype)][grid, (TX, TY)](a, b, out)

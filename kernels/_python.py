@@ -18,7 +18,7 @@ def _too_big(what: str, n: int, limit: int) -> ValueError:
                       f"its limit of {limit:,}; use backend='numpy' or 'numba'")
 
 
-def _luma(r, g, b, integer: bool):
+def _luma(r, g, b, integer: bool):       # float images: Python floats (float64), stored as float32
     if integer:     # exact: round half up of (299 R + 587 G + 114 B) / 1000, never above 255
         return (W_INT[0] * r + W_INT[1] * g + W_INT[2] * b + HALF) // DIV
     return W_PY[0] * r + W_PY[1] * g + W_PY[2] * b
@@ -42,12 +42,17 @@ def gray_chw(src: np.ndarray, dst: np.ndarray) -> None:
         dst[n] = [_luma(r, g, b, integer) for r, g, b in zip(rs, gs, bs)]
 
 
+def check_size(multiply_adds: int) -> None:
+    """Refuse a whole call (all of its batch) over the limit, before any loop starts."""
+    if multiply_adds > MAX_MULTIPLY_ADDS:
+        raise _too_big("multiply-adds", multiply_adds, MAX_MULTIPLY_ADDS)
+
+
 def matmul2d(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """(M, K) @ (K, N) -> out (M, N): the triple loop, C[i][j] = sum_k A[i][k] * B[k][j]."""
     M, K = a.shape
     N = b.shape[1]
-    if M * N * K > MAX_MULTIPLY_ADDS:
-        raise _too_big("multiply-adds", M * N * K, MAX_MULTIPLY_ADDS)
+    check_size(M * N * K)
     A, B = a.tolist(), b.tolist()
     C = [[0.0] * N for _ in range(M)]
     for i in range(M):

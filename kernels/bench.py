@@ -366,8 +366,14 @@ def write_csv(path: str, rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
-        ap.error(f"--csv: no such folder: {os.path.dirname(os.path.abspath(args.csv))}")
+    if args.csv is not None:                    # checked now, not after minutes of measuring
+        folder = os.path.dirname(os.path.abspath(args.csv))
+        if not args.csv or os.path.isdir(args.csv):
+            ap.error(f"--csv: give a file name, not {args.csv!r}")
+        if not os.path.isdir(folder):
+            ap.error(f"--csv: no such folder: {folder}")
+        if not os.access(folder, os.W_OK):
+            ap.error(f"--csv: cannot write in {folder}")
     rows: list[Row] = []
     try:
         header(args)
@@ -380,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
             write_csv(args.csv, rows)
             say(f"\n# wrote {len(rows)} rows to {args.csv}")
     except CheckFailed as e:
+        print(f"kernels.bench: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"kernels.bench: out of memory for these sizes (--images {args.images}, --sizes "
+              f"{','.join(map(str, args.sizes))})", file=sys.stderr)
+        return 1
+    except OSError as e:
         print(f"kernels.bench: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

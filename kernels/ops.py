@@ -47,20 +47,23 @@ def _c_contiguous(x) -> bool:
     return bool(x.flags.c_contiguous)
 
 
-def _for_backend(x, name: str):
-    """``x`` as the array type of GPU backend ``name``, C-contiguous (a device copy if it was not).
-    Host arrays pass through."""
+def _for_backend(x, name: str, op: str = "", contiguous: bool = True):
+    """``x`` as the array type of GPU backend ``name``, C-contiguous (a device copy if it was not)
+    unless ``contiguous`` is False. Host arrays pass through."""
     if name not in GPU_BACKENDS:
         return x
     if is_cupy_array(x) or (hasattr(x, "__cuda_array_interface__") and not hasattr(x, "copy_to_host")):
         import cupy
-        x = cupy.ascontiguousarray(cupy.asarray(x))
+        x = cupy.asarray(x)
+        if contiguous:
+            x = cupy.ascontiguousarray(x)
         if name == "numba_cuda":
             from numba import cuda
             return cuda.as_cuda_array(x)
         return x
     if not x.is_c_contiguous():                        # Numba device array: no strided copy on the device
-        raise ValueError("a non-contiguous Numba device array: copy it to a contiguous one first")
+        raise ValueError(f"{op}: backend {name!r} needs C-contiguous Numba device arrays; make one with "
+                         f"numba.cuda.to_device(np.ascontiguousarray(kernels.to_host(x))), or pass CuPy arrays")
     if name == "numba_cuda":
         return x
     import cupy
@@ -78,9 +81,32 @@ def _empty_like_kind(x, shape: tuple[int, ...], dtype):
     return cupy.empty(shape, dtype)
 
 
+def _device_span(x) -> tuple[int, int]:
+    """[first, last) byte addresses a device array can touch (for the overlap check)."""
+    cai = x.__cuda_array_interface__
+    ptr, itemsize = cai["data"][0], np.dtype(cai["typestr"]).itemsize
+    if 0 in cai["shape"]:
+        return ptr, ptr
+    strides = cai.get("strides") or [itemsize * int(np.prod(cai["shape"][i + 1:])) for i in range(len(cai["shape"]))]
+    lo = ptr + sum((n - 1) * s for n, s in zip(cai["shape"], strides) if s < 0)
+    hi = ptr + itemsize + sum((n - 1) * s for n, s in zip(cai["shape"], strides) if s > 0)
+    return lo, hi
+
+
+def _overlaps(a, b) -> bool:
+    if not is_device_array(a):
+        return np.may_share_memory(a, b)
+    if hasattr(a, "_ary") and hasattr(b, "_ary"):     # the CUDA simulator's arrays wrap NumPy arrays
+        return np.may_share_memory(a._ary, b._ary)
+    (a0, a1), (b0, b1) = _device_span(a), _device_span(b)
+    return a0 < b1 and b0 < a1
+
+
 def _prepare_out(op: str, out, like, shape: tuple[int, ...], dtype, inputs: tuple):
     if out is None:
         return _empty_like_kind(like, shape, dtype)
+    if not (isinstance(out, np.ndarray) or is_device_array(out)):
+        raise TypeError(f"{op}: out must be an array (NumPy, CuPy or Numba), got {type(out).__name__}")
     if is_device_array(out) != is_device_array(like):
         where = "GPU" if is_device_array(out) else "host"
         raise TypeError(f"{op}: out is a {where} array but the inputs are not; out must live where the inputs do")
@@ -90,7 +116,9 @@ def _prepare_out(op: str, out, like, shape: tuple[int, ...], dtype, inputs: tupl
         raise TypeError(f"{op}: out has dtype {np.dtype(out.dtype)}, the result is {dtype}")
     if not _c_contiguous(out):
         raise ValueError(f"{op}: out must be C-contiguous")
-    if not is_device_array(out) and any(np.may_share_memory(out, x) for x in inputs):
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{op}: out is read-only")
+    if any(_overlaps(out, x) for x in inputs):
         raise ValueError(f"{op}: out overlaps an input; give it its own memory")
     return out
 
@@ -128,7 +156,7 @@ def grayscale(images, backend: str = "auto", out=None, *, layout: str = "hwc"):
     if pixels == 0:
         return out
     mod = _module(name)
-    src, dst = _for_backend(images, name), _for_backend(out, name)
+    src, dst = _for_backend(images, name, "grayscale"), _for_backend(out, name, "grayscale")
     if layout == "hwc":
         mod.gray_hwc(src.reshape(pixels, 3), dst.reshape(pixels))
     else:
@@ -184,12 +212,14 @@ def matmul(a, b, backend: str = "auto", out=None):
     if name == "numpy":
         mod.matmul(a, b, out)
         return out
-    if name == "cublas":
-        mod.cublas_matmul(_for_backend(a, name), _for_backend(b, name), _for_backend(out, name))
+    if name == "cublas":                              # cuBLAS takes strided operands as they are
+        mod.cublas_matmul(*(_for_backend(x, name, "matmul", contiguous=False) for x in (a, b, out)))
         return out
-    a2 = _for_backend(a, name).reshape(sa2)
-    b2 = _for_backend(b, name).reshape(sb2)
-    o = _for_backend(out, name).reshape(batch + (M, N))
+    if name == "python":
+        mod.check_size(int(np.prod(batch)) * M * N * K)
+    a2 = _for_backend(a, name, "matmul").reshape(sa2)
+    b2 = _for_backend(b, name, "matmul").reshape(sb2)
+    o = _for_backend(out, name, "matmul").reshape(batch + (M, N))
     if not batch:
         mod.matmul2d(a2, b2, o)
         return out

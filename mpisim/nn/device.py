@@ -12,6 +12,8 @@ module is the same code path on the host; the tests use it to check the GPU code
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import _kernels as K
@@ -100,10 +102,10 @@ class ArrayDevice:
 
     def gelu_fwd(self, x, y):
         t = x.dtype.type
-        c = self.erf(x * t(0.7071067811865476))       # x Phi(x) = x (1 + erf(x / sqrt 2)) / 2
+        c = self.erf(x * t(0.7071067811865476))       # x Phi(x) = (x / 2) (1 + erf(x / sqrt 2))
         c += t(1)
-        self.xp.multiply(x, c, out=y)
-        y *= t(0.5)
+        self.xp.multiply(x, t(0.5), out=y)              # halve first, as the kernel: no overflow near max
+        y *= c
 
     def gelu_bwd(self, dy, x):
         t = x.dtype.type
@@ -125,11 +127,26 @@ class ArrayDevice:
         self.xp.copyto(dy, 0, where=u < u.dtype.type(p))
 
 
+LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")   # MPICH, Open MPI, SLURM
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its node, from the launcher's environment (0 if none)."""
+    for var in LOCAL_RANK_VARIABLES:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _cupy_device(matmul_backend: str) -> ArrayDevice:
     import cupy
     import cupyx.scipy.special
 
     import kernels
+
+    # under mpiexec, the ranks of a node take its GPUs in turn (simulated ranks share the current one)
+    cupy.cuda.Device(local_rank() % cupy.cuda.runtime.getDeviceCount()).use()
 
     def from_host(a, out):
         if out is None:

@@ -35,6 +35,7 @@ def test_bench_measures_checks_and_writes_csv(tmp_path):
 
 def test_bench_bad_options_are_usage_errors(tmp_path):
     for args, msg in [(["--backends", "foo"], "unknown backend(s) foo"), (["--sizes", "0"], "positive integers"),
-                      (["--csv", str(tmp_path / "no" / "f.csv")], "no such folder")]:
+                      (["--csv", str(tmp_path / "no" / "f.csv")], "no such folder"),
+                      (["--csv", str(tmp_path)], "give a file name")]:
         res = _run("kernels.bench", *args)
         assert res.returncode == 2 and msg in res.stderr, res.stderr

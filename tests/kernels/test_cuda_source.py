@@ -32,12 +32,12 @@ int run(int M, int N, int K) {
     for (auto &v : B) v = T(rand() %% 2001 - 1000) / 100;
     for (int i = 0; i < M; ++i) for (int k = 0; k < K; ++k) for (int j = 0; j < N; ++j)
         R[i * N + j] += A[i * K + k] * B[k * N + j];
-    for (int by = 0; by < (M + BM - 1) / BM; ++by) for (int bx = 0; bx < (N + BN - 1) / BN; ++bx) {
+    for (int by = 0; by < (M + BM - 1) / BM; ++by) for (int bx = 0; bx < (N + BN - 1) / BN; ++bx) {  // by: rows
         std::barrier<> b(TX * TY);
         bar = &b;
         std::vector<std::thread> ts;
         for (int ty = 0; ty < TY; ++ty) for (int tx = 0; tx < TX; ++tx)
-            ts.emplace_back([&, tx, ty] { threadIdx = {tx, ty, 0}; blockIdx = {bx, by, 0};
+            ts.emplace_back([&, tx, ty] { threadIdx = {tx, ty, 0}; blockIdx = {by, bx, 0};   // rows on x
                                           mm<T>(A.data(), B.data(), C.data(), M, N, K); });
         for (auto &t : ts) t.join();
     }

@@ -94,6 +94,15 @@ def test_bad_outputs_and_backends():
         matmul(np.ones((100, 100)), np.ones((100, 100)), "python")
     with pytest.raises(TypeError, match="backend must be a name"):
         matmul(a, b, None)
+    with pytest.raises(ValueError, match="1,600,000 multiply-adds is over"):      # the whole batch counts
+        matmul(np.ones((100, 20, 20)), np.ones((20, 40)), "python")
+    ro = np.zeros((2, 4), np.float32)
+    ro.flags.writeable = False
+    for backend in HOST:
+        with pytest.raises(ValueError, match="out is read-only"):
+            matmul(a, b, backend, out=ro)
+        with pytest.raises(TypeError, match="out must be an array"):
+            matmul(a, b, backend, out=[[0.0] * 4] * 2)
 
 
 # -- on the GPU: Numba CUDA (the simulator where there is no GPU), CuPy and cuBLAS -------------------------
@@ -125,3 +134,6 @@ def test_gpu_tile_edges_batches_and_array_kinds(backend):
     _check(kernels.to_host(res), a[0], b, np.float64)
     with pytest.raises(TypeError, match="one operand is on the GPU"):
         matmul(da, b, backend)
+    sq = kernels.to_device(np.ones((3, 3)), backend)
+    with pytest.raises(ValueError, match="out overlaps an input"):   # it would read what it already wrote
+        matmul(sq, sq, backend, out=sq)

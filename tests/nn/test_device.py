@@ -7,7 +7,7 @@ import scipy.special
 import kernels
 from mpisim.centralized import main as centralized_main
 from mpisim.nn import MLP, make_optimizer
-from mpisim.nn.device import CPU, ArrayDevice, DeviceUnavailable, make_device
+from mpisim.nn.device import CPU, ArrayDevice, DeviceUnavailable, local_rank, make_device
 
 
 def _copy_in(a, out):
@@ -106,6 +106,16 @@ def test_cuda_without_cupy_or_a_gpu_is_a_clear_error(capsys):
         centralized_main(["--device", "cuda"])
     assert e.value.code == 2
     assert "--device cuda needs CuPy" in capsys.readouterr().err
+
+
+def test_local_rank_from_the_launcher(monkeypatch):
+    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(var, raising=False)
+    assert local_rank() == 0
+    monkeypatch.setenv("SLURM_LOCALID", "3")
+    assert local_rank() == 3
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")             # MPICH's own wins over SLURM's
+    assert local_rank() == 1
 
 
 needs_gpu = pytest.mark.skipif("cupy" not in kernels.available_backends(), reason=kernels.backend_status()["cupy"])
