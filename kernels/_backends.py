@@ -96,13 +96,19 @@ def require(name: str, op: str) -> None:
         raise BackendUnavailable(f"backend {name!r} is not available: {problem}")
 
 
+def array_kind(x) -> str:
+    """Where ``x`` lives and who reads it: "numba" (a Numba device array, also the simulator's),
+    "cupy" (a CuPy array, or another library's GPU array, which CuPy wraps without a copy) or "host"."""
+    if hasattr(x, "copy_to_host"):
+        return "numba"
+    if hasattr(x, "__cuda_array_interface__"):
+        return "cupy"
+    return "host"
+
+
 def is_device_array(x) -> bool:
     """True for arrays in GPU memory: CuPy arrays, Numba device arrays (also the simulator's)."""
-    return hasattr(x, "__cuda_array_interface__") or hasattr(x, "copy_to_host")
-
-
-def is_cupy_array(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
+    return array_kind(x) != "host"
 
 
 def choose(op: str, device: bool) -> str:
@@ -140,11 +146,10 @@ def to_device(x, backend: str = "auto"):
 
 def to_host(x) -> np.ndarray:
     """A NumPy copy of a device array (host arrays are returned as they are)."""
-    if hasattr(x, "copy_to_host"):
+    kind = array_kind(x)
+    if kind == "numba":
         return x.copy_to_host()
-    if is_cupy_array(x):
-        return x.get()
-    if hasattr(x, "__cuda_array_interface__"):      # some other library's GPU array: via CuPy
+    if kind == "cupy":
         import cupy
         return cupy.asarray(x).get()
     return np.asarray(x)

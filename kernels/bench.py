@@ -289,7 +289,6 @@ def bench_matmul(args: argparse.Namespace, rows: list[Row]) -> None:
 
 def header(args: argparse.Namespace) -> None:
     """Machine, versions, BLAS and thread counts."""
-    import numba
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:

@@ -11,7 +11,7 @@ import importlib
 
 import numpy as np
 
-from ._backends import GPU_BACKENDS, choose, is_cupy_array, is_device_array, require
+from ._backends import GPU_BACKENDS, array_kind, choose, is_device_array, require
 
 __all__ = ["grayscale", "matmul", "LAYOUTS"]
 
@@ -42,7 +42,7 @@ def _pick(op: str, backend: str, device: bool, what: str) -> str:
 
 # -- device arrays: CuPy's or Numba's, seen by each GPU backend as its own kind --------------------------
 def _c_contiguous(x) -> bool:
-    if hasattr(x, "is_c_contiguous"):                  # Numba device array
+    if array_kind(x) == "numba":
         return x.is_c_contiguous()
     return bool(x.flags.c_contiguous)
 
@@ -52,7 +52,7 @@ def _for_backend(x, name: str, op: str = "", contiguous: bool = True):
     unless ``contiguous`` is False. Host arrays pass through."""
     if name not in GPU_BACKENDS:
         return x
-    if is_cupy_array(x) or (hasattr(x, "__cuda_array_interface__") and not hasattr(x, "copy_to_host")):
+    if array_kind(x) == "cupy":
         import cupy
         x = cupy.asarray(x)
         if contiguous:
@@ -61,7 +61,7 @@ def _for_backend(x, name: str, op: str = "", contiguous: bool = True):
             from numba import cuda
             return cuda.as_cuda_array(x)
         return x
-    if not x.is_c_contiguous():                        # Numba device array: no strided copy on the device
+    if not x.is_c_contiguous():                        # a Numba device array: no strided copy on the device
         raise ValueError(f"{op}: backend {name!r} needs C-contiguous Numba device arrays; make one with "
                          f"numba.cuda.to_device(np.ascontiguousarray(kernels.to_host(x))), or pass CuPy arrays")
     if name == "numba_cuda":
@@ -72,9 +72,10 @@ def _for_backend(x, name: str, op: str = "", contiguous: bool = True):
 
 def _empty_like_kind(x, shape: tuple[int, ...], dtype):
     """A new array for the result, where ``x`` lives and of its kind (NumPy, CuPy or Numba)."""
-    if not is_device_array(x):
+    kind = array_kind(x)
+    if kind == "host":
         return np.empty(shape, dtype)
-    if hasattr(x, "copy_to_host"):
+    if kind == "numba":
         from numba import cuda
         return cuda.device_array(shape, dtype)
     import cupy

@@ -50,18 +50,14 @@ class HostDevice:
     dropout_bwd = staticmethod(lambda dy, u, p, sc: K.dropout_bwd(flat(dy), flat(u), p, sc))
 
     @staticmethod
-    def from_host(a: np.ndarray, out=None):
+    def to_host(a, out: np.ndarray | None = None) -> np.ndarray:
+        """``a`` itself, or copied into ``out``: on the CPU host and device are one memory."""
         if out is None:
             return a
         out[...] = a
         return out
 
-    @staticmethod
-    def to_host(a, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            return a
-        out[...] = a
-        return out
+    from_host = to_host
 
 
 CPU = HostDevice()

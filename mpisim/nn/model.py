@@ -28,6 +28,14 @@ __all__ = ["MLP", "parse_hidden"]
 _INIT_PURPOSE, _DROPOUT_PURPOSE = 1, 2
 
 
+def _views(vector, slices) -> dict[int, dict[str, np.ndarray]]:
+    """{layer: {name: view of ``vector``}}, as ``slices`` (layer, name, offset, shape) lays them out."""
+    views: dict[int, dict[str, np.ndarray]] = {}
+    for li, name, off, shape in slices:
+        views.setdefault(li, {})[name] = vector[off:off + int(np.prod(shape))].reshape(shape)
+    return views
+
+
 def parse_hidden(text: str) -> list[int]:
     """``"512,256,128"`` -> [512, 256, 128]; ``""`` or ``"none"`` -> [] (logistic regression)."""
     text = text.strip()
@@ -95,18 +103,14 @@ class MLP:
             self._dev = (self.params, self.grads, self.buffers)
         else:                       # a mirror of each on the device
             self._dev = tuple(self.ops.xp.zeros(n, dtype=self.dtype) for n in (n_p, n_p, n_b))
-        views = [({}, {}, {}) for _ in layers]
         self._grad_range = [[n_p, 0] for _ in layers]      # layer -> [lo, hi) of its gradients
-        for li, name, off, shape in self.slices:
-            size = int(np.prod(shape))
-            views[li][0][name] = self._dev[0][off:off + size].reshape(shape)
-            views[li][1][name] = self._dev[1][off:off + size].reshape(shape)
+        for li, _, off, shape in self.slices:
             r = self._grad_range[li]
-            r[0], r[1] = min(r[0], off), max(r[1], off + size)
-        for li, name, off, shape in self.buffer_slices:
-            views[li][2][name] = self._dev[2][off:off + int(np.prod(shape))].reshape(shape)
-        for layer, (p, g, b) in zip(layers, views):
-            layer.bind(p, g, b, self.dtype, self.ops)
+            r[0], r[1] = min(r[0], off), max(r[1], off + int(np.prod(shape)))
+        p, g = _views(self._dev[0], self.slices), _views(self._dev[1], self.slices)
+        b = _views(self._dev[2], self.buffer_slices)
+        for li, layer in enumerate(layers):
+            layer.bind(p.get(li, {}), g.get(li, {}), b.get(li, {}), self.dtype, self.ops)
         self.reset_parameters()
         self.seed_dropout(0)
 
@@ -114,19 +118,16 @@ class MLP:
     def reset_parameters(self) -> None:
         """Weights from the initializer (seeded by ``seed``), biases 0, BatchNorm gamma 1 / beta 0."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _INIT_PURPOSE]))
-        p = {(li, name): self.params[off:off + int(np.prod(shape))].reshape(shape)
-             for li, name, off, shape in self.slices}
-        b = {(li, name): self.buffers[off:off + int(np.prod(shape))].reshape(shape)
-             for li, name, off, shape in self.buffer_slices}
+        p, b = _views(self.params, self.slices), _views(self.buffers, self.buffer_slices)
         for li, layer in enumerate(self.layers):       # in the host vectors; a device copies them at forward
             if isinstance(layer, Linear):
-                init_weight(p[li, "W"], self.init, rng)
-                p[li, "b"][...] = 0
+                init_weight(p[li]["W"], self.init, rng)
+                p[li]["b"][...] = 0
             elif isinstance(layer, BatchNorm1d):
-                p[li, "gamma"][...] = 1
-                p[li, "beta"][...] = 0
-                b[li, "running_mean"][...] = 0
-                b[li, "running_var"][...] = 1
+                p[li]["gamma"][...] = 1
+                p[li]["beta"][...] = 0
+                b[li]["running_mean"][...] = 0
+                b[li]["running_var"][...] = 1
 
     def seed_dropout(self, *key: int) -> None:
         """Give every Dropout layer its own generator from (seed, key..., layer): e.g. key = (epoch,)
