@@ -101,6 +101,12 @@ def check_root(root: Any, size: int, name: str) -> int:
     return int(root)
 
 
+def combine(t: Transport, ufunc, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = ufunc(a, b)``, counted on the transport as a reduction of out's bytes (gamma)."""
+    ufunc(a, b, out=out)
+    t.reduced(out.nbytes)
+
+
 class Fold:
     """MPICH's way of running a power-of-two algorithm on any p.
 
@@ -161,7 +167,7 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
         t.send(src, t.rank + 1, tag)
     elif f.folded:
         t.recv(tmp, t.rank - 1, tag)
-        ufunc(tmp, src, out=w)  # the lower rank's data first, as in the exchanges below
+        combine(t, ufunc, tmp, src, w)  # the lower rank's data first, as in the exchanges below
         src = w
     if not f.extra:
         mask = 1
@@ -170,9 +176,9 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
             partner = f.old(partner_new)
             t.sendrecv(src, partner, tmp, partner, tag, tag)
             if partner_new < f.newrank:
-                ufunc(tmp, src, out=w)
+                combine(t, ufunc, tmp, src, w)
             else:
-                ufunc(src, tmp, out=w)
+                combine(t, ufunc, src, tmp, w)
             src = w
             mask <<= 1
         if w.dtype.kind == "f":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
+    combine,
     TAG_ALLREDUCE,
     Fold,
     block_offsets,
@@ -62,7 +63,7 @@ def _naive(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> Non
         tmp = scratch(w.size, w.dtype)
         for peer in range(1, t.size):
             t.recv(tmp, peer, tag)
-            ufunc(w, tmp, out=w)
+            combine(t, ufunc, w, tmp, w)
         for dst in range(1, t.size):
             t.send(w, dst, tag)
     else:
@@ -92,7 +93,7 @@ def _rabenseifner(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray)
     if f.folded:
         tmp = scratch(w.size, w.dtype)
         t.recv(tmp, r - 1, tag)
-        ufunc(src, tmp, out=w)
+        combine(t, ufunc, src, tmp, w)
         src = w
     gofs = block_offsets(w.size, f.p2)  # the p2 virtual ranks split the vector evenly
     halving_groups(t, w, gofs, f, ufunc, tag, src)

@@ -83,6 +83,12 @@ class MPITransport:
     def reset_stats(self) -> None:
         self.stats = Stats()
 
+    def reduced(self, nbytes: int) -> None:
+        self.stats.bytes_reduced += nbytes
+
+    def compute(self, flops: float) -> None:
+        pass  # real computation takes real time
+
     def _src_tag(self, source: int, tag: int) -> tuple[int, int]:
         MPI = self._MPI
         check_peer(source, self.size, "source", allow_any=True)

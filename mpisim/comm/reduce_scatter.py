@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
+    combine,
     TAG_REDUCE_SCATTER,
     Fold,
     block_offsets,
@@ -53,7 +54,7 @@ def ring_reduce_scatter(t: Transport, w: np.ndarray, offs: list[int], ufunc, tag
         lo, hi = offs[rb], offs[rb + 1]
         part = tmp[:hi - lo]
         t.sendrecv((src if s == 0 else w)[offs[sb]:offs[sb + 1]], right, part, left, tag, tag)
-        ufunc(src[lo:hi], part, out=w[lo:hi])
+        combine(t, ufunc, src[lo:hi], part, w[lo:hi])
 
 
 def halving_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, ufunc, tag: int,
@@ -78,7 +79,7 @@ def halving_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, ufunc,
         a, b = gofs[keep[0]], gofs[keep[1]]
         part = tmp[:b - a]
         t.sendrecv(src[gofs[give[0]]:gofs[give[1]]], peer, part, peer, tag, tag)
-        ufunc(src[a:b], part, out=w[a:b])
+        combine(t, ufunc, src[a:b], part, w[a:b])
         src = w
         lo, hi = keep
         mask >>= 1
@@ -95,7 +96,7 @@ def halving_reduce_scatter(t: Transport, w: np.ndarray, offs: list[int], ufunc, 
     elif f.folded:
         tmp = scratch(w.size, w.dtype)
         t.recv(tmp, r - 1, tag)
-        ufunc(w, tmp, out=w)
+        combine(t, ufunc, w, tmp, w)
     if not f.extra:
         halving_groups(t, w, f.group_offsets(offs), f, ufunc, tag)
     # a folded rank reduced its partner's block too: hand it over

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import (
+    combine,
     TAG_BCAST,
     TAG_GATHER,
     TAG_REDUCE,
@@ -91,7 +92,7 @@ def binomial_reduce(t: Transport, w: np.ndarray, ufunc, root: int, tag: int) -> 
             if tmp is None:
                 tmp = scratch(w.size, w.dtype)
             t.recv(tmp, (vr + mask + root) % p, tag)
-            ufunc(w, tmp, out=w)
+            combine(t, ufunc, w, tmp, w)
         mask <<= 1
 
 

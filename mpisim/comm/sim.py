@@ -11,6 +11,12 @@ receives raise) and :func:`run_simulated` re-raises it as :class:`RankError` nam
 when every live rank is blocked in a receive nobody can satisfy, that is a deadlock and is
 reported at once with what each rank waits for; a rank blocked longer than ``timeout`` seconds
 (another rank stuck computing, say) is reported as a :class:`CommTimeout`.
+
+With a :class:`~mpisim.comm.network.Network` (``SimCluster(n, network=...)``) every rank also keeps
+a virtual clock ``transport.clock`` in ticks (femtoseconds; ``transport.vtime`` in seconds): a
+send starting at t keeps the sender busy until t + alpha + n*beta and the message arrives then,
+a receive completes at max(own clock, arrival), ``transport.reduced(n)`` charges n*gamma. The
+clocks depend only on the schedule of messages, not on how the threads happen to run.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .network import TICK, Network, parse_network
 from .transport import (
     ANY_SOURCE,
     ANY_TAG,
@@ -79,7 +86,8 @@ class _Recv:
         self.owner, self.buf, self.source, self.tag = owner, buf, source, tag
         self.done = False
         self.data: np.ndarray | None = None  # set when the message is matched but not yet copied
-        self.src = self.msg_tag = self.stamp = -1
+        self.src = self.msg_tag = -1
+        self.stamp: tuple[int, int] = (0, 0)  # the sender's (round, virtual send time)
         self.copied = False  # the sender wrote straight into buf
         self.status: Status | None = None  # set once the receive is complete and counted
 
@@ -115,13 +123,15 @@ _SENT = _Sent()
 class SimCluster:
     """Shared state of N simulated ranks: queues, posted receives, failure and deadlock watch."""
 
-    def __init__(self, size: int, *, timeout: float | None = None):
+    def __init__(self, size: int, *, timeout: float | None = None, network: Network | str | None = None):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
             raise TypeError(f"the number of simulated ranks must be an int, got {type(size).__name__}")
         if size < 1:
             raise ValueError(f"a simulated cluster needs at least 1 rank, got {size!r}")
         self.size = int(size)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        self.network = None if network is None else parse_network(network)
+        self.wall = self.network is not None and self.network.compute == "wall"
         self.lock = threading.Lock()
         self.cond = [threading.Condition(self.lock) for _ in range(self.size)]
         # unexpected[dest][src]: messages (tag, payload, stamp, seq) that arrived before their
@@ -178,8 +188,11 @@ class SimCluster:
         results: list[Any] = [None] * self.size
 
         def body(rank: int) -> None:
+            t = self.transports[rank]
             try:
-                results[rank] = fn(self.transports[rank], *args, **kwargs)
+                t._mark()
+                results[rank] = fn(t, *args, **kwargs)
+                t._charge()
             except _Aborted:
                 pass
             except BaseException as exc:  # noqa: BLE001 - any failure must stop the others
@@ -220,9 +233,42 @@ class SimTransport:
         self.rank = rank
         self.size = cluster.size
         self.stats = Stats()
+        self.network = cluster.network
+        self.clock = 0        # virtual time in ticks (stays 0 without a network model)
+        self.rx_free = 0      # with link contention: when this rank's incoming link is next free
+        self._cpu = 0.0
 
     def reset_stats(self) -> None:
+        """Zero the counters (the virtual clock goes on: it orders messages between ranks)."""
         self.stats = Stats()
+
+    @property
+    def vtime(self) -> float:
+        """This rank's virtual time in seconds (0 without a network model)."""
+        return self.clock * TICK
+
+    # -- virtual time of local work -------------------------------------------------------------
+    def _mark(self) -> None:
+        if self.cluster.wall:
+            self._cpu = time.thread_time()
+
+    def _charge(self) -> None:
+        """With compute=wall: add the thread CPU time since the last transport call to the clock."""
+        if self.cluster.wall:
+            now = time.thread_time()
+            self.clock += round((now - self._cpu) / TICK)
+            self._cpu = now
+
+    def reduced(self, nbytes: int) -> None:
+        """Count a reduction over ``nbytes`` bytes of vector; the model charges nbytes*gamma."""
+        self.stats.bytes_reduced += nbytes
+        if self.network is not None and not self.cluster.wall:
+            self.clock += nbytes * self.network.gamma
+
+    def compute(self, flops: float) -> None:
+        """Declare ``flops`` of local work; charged at the model's rate with compute=RATE."""
+        if self.network is not None and self.network.compute == "rate":
+            self.clock += round(flops / self.network.flops / TICK)
 
     def __repr__(self) -> str:
         return f"SimTransport(rank={self.rank}, size={self.size})"
@@ -240,7 +286,9 @@ class SimTransport:
         data = _payload(buf)
         nbytes = data.nbytes
         self.stats.rounds += 1
-        stamp = self.stats.rounds
+        stamp = (self.stats.rounds, self.clock)
+        if self.network is not None:
+            self.clock += self.network.message(nbytes)  # the port is busy until the message is out
         direct: _Recv | None = None
         with cl.lock:
             if cl.failed is not None:
@@ -267,7 +315,9 @@ class SimTransport:
 
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
         t0 = time.perf_counter()
+        self._charge()
         self._post_send(buf, dest, tag)
+        self._mark()
         self.stats.comm_time += time.perf_counter() - t0
 
     def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _Sent:
@@ -279,6 +329,7 @@ class SimTransport:
         as_buffer(buf, "receive buffer")
         check_peer(source, self.size, "source", allow_any=True)
         t0 = time.perf_counter()
+        self._charge()
         req = _Recv(self, buf, source, tag)
         cl = self.cluster
         with cl.lock:
@@ -290,6 +341,7 @@ class SimTransport:
             else:
                 req.src, (req.msg_tag, req.data, req.stamp) = found
                 req.done = True
+        self._mark()
         self.stats.comm_time += time.perf_counter() - t0
         return req
 
@@ -314,6 +366,7 @@ class SimTransport:
     def _wait(self, req: _Recv) -> Status:
         cl = self.cluster
         t0 = time.perf_counter()
+        self._charge()
         with cl.lock:
             deadline = time.monotonic() + cl.timeout
             while not req.done:
@@ -331,6 +384,7 @@ class SimTransport:
                 cl.cond[self.rank].wait(left)
             cl.waiting.pop(self.rank, None)
         status = self._finish(req)
+        self._mark()
         self.stats.comm_time += time.perf_counter() - t0
         return status
 
@@ -346,7 +400,16 @@ class SimTransport:
             req.copied = True
         self.stats.messages_received += 1
         self.stats.bytes_received += req.buf.nbytes
-        self.stats.rounds = max(self.stats.rounds, req.stamp)
+        rounds, sent_at = req.stamp
+        self.stats.rounds = max(self.stats.rounds, rounds)
+        net = self.network
+        if net is not None:
+            if net.contention:  # the incoming link carries one message at a time
+                arrival = max(sent_at, self.rx_free) + net.message(req.buf.nbytes)
+                self.rx_free = arrival
+            else:
+                arrival = sent_at + net.message(req.buf.nbytes)
+            self.clock = max(self.clock, arrival)
         req.status = Status(req.src, req.msg_tag, req.buf.nbytes)
         return req.status
 
@@ -361,11 +424,13 @@ class SimTransport:
         return req.wait()
 
 
-def run_simulated(n: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+def run_simulated(n: int, fn: Callable[..., Any], *args: Any, network: Network | str | None = None,
+                  **kwargs: Any) -> list[Any]:
     """Run ``fn(transport, *args, **kwargs)`` on ``n`` simulated ranks; return per-rank results.
 
-    An exception on a rank is re-raised as :class:`RankError` (``.rank``, ``.exc``); a deadlock
-    as :class:`DeadlockError`; a receive blocked for ``MPISIM_SIM_TIMEOUT`` seconds (default 60)
-    as :class:`CommTimeout`. Use :class:`SimCluster` directly to set the timeout per run.
+    ``network`` (a :class:`~mpisim.comm.network.Network` or a spec such as ``"10gbe"``) turns
+    the virtual clocks on. An exception on a rank is re-raised as :class:`RankError` (``.rank``,
+    ``.exc``); a deadlock as :class:`DeadlockError`; a receive blocked for ``MPISIM_SIM_TIMEOUT``
+    seconds (default 60) as :class:`CommTimeout`. Use :class:`SimCluster` to set the timeout.
     """
-    return SimCluster(n).run(fn, *args, **kwargs)
+    return SimCluster(n, network=network).run(fn, *args, **kwargs)

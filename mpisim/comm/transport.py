@@ -55,7 +55,8 @@ class Stats:
     ``rounds`` is a logical clock (simulated transport only; 0 under MPI): each send takes
     one round and a receive cannot complete before the round its message was sent in, so
     the largest ``rounds`` over all ranks is the depth of the communication schedule (for
-    example ceil(log2 p) for a binomial broadcast).
+    example ceil(log2 p) for a binomial broadcast). ``bytes_reduced`` counts the bytes of vector
+    the collectives reduced (the gamma term of the cost model).
     """
 
     messages_sent: int = 0
@@ -64,6 +65,7 @@ class Stats:
     bytes_received: int = 0
     comm_time: float = 0.0
     rounds: int = 0
+    bytes_reduced: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,6 +111,14 @@ class Transport(Protocol):
     def irecv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request: ...
 
     def reset_stats(self) -> None: ...
+
+    def reduced(self, nbytes: int) -> None:
+        """Count a reduction over ``nbytes`` bytes (the simulated network charges gamma per byte)."""
+        ...
+
+    def compute(self, flops: float) -> None:
+        """Declare ``flops`` of local work (charged in virtual time by a simulated network with a rate)."""
+        ...
 
 
 def as_buffer(buf: Any, what: str = "buffer") -> np.ndarray:
