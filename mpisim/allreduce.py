@@ -189,6 +189,7 @@ class GradientSync:
         with np.errstate(all="ignore"):
             loss, correct = model.train_step(xb, yb, scale=scale, hook=self.hook if overlap else None)
         t1 = time.perf_counter()
+        self.t.compute(model.train_flops(len(xb)))   # virtual time, with --network ...,compute=RATE
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} {where}: lower --lr")
         self.hook(-1)                      # whatever is left (everything, without --overlap)

@@ -186,6 +186,7 @@ def run_clients(t, args, ds, model, opt, parts, sampled, rnd, lr, meter, x, xbuf
         model.params[...] = glob
         with meter.computing():
             loss_sum, correct, seen = train_client(args, model, opt, lr, x, ds.y_train, parts[c], rnd, c, xbuf)
+            t.compute(model.train_flops(seen))        # virtual time, with --network ...,compute=RATE
             upd = model.params - glob                                    # the update: local - global
             n_c = len(parts[c])
             if args.bad_client and args.bad_client[0] == c:

@@ -230,6 +230,7 @@ class Worker:
         self.model.seed_dropout(self.steps_done, self.t.rank)
         with np.errstate(all="ignore"):
             loss, c = self.model.train_step(xb, self.ds.y_train[idx], scale=scale)
+        self.t.compute(self.model.train_flops(len(idx)))   # virtual time, with --network ...,compute=RATE
         if not np.isfinite(loss) or not np.isfinite(self.model.grads).all():
             raise FloatingPointError(f"{'loss' if not np.isfinite(loss) else 'gradient'} became non-finite "
                                      f"{where} on worker rank {self.t.rank}: lower --lr")

@@ -218,6 +218,11 @@ class MLP:
     def num_params(self) -> int:
         return self.params.size
 
+    def train_flops(self, batch: int) -> int:
+        """Floating-point operations of one forward and backward pass over ``batch`` examples: 2 per
+        multiply-add, three matmuls per Linear (forward, dX, dW); activations and biases left out."""
+        return 6 * batch * sum(a * b for a, b in zip(self.sizes, self.sizes[1:]))
+
     def config(self) -> dict:
         """What defines the architecture (checked when a checkpoint is loaded)."""
         return {"sizes": self.sizes, "activation": self.activation, "dropout": self.dropout,

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..comm import CommError, CommTimeout, DeadlockError, RankError, SimCluster, bcast, gather
+from ..comm.network import PRESETS, TICK, Network, parse_network
 from ..data import DataError
 from ..nn import MLP, Optimizer, flush_denormals
 from .checkpoint import CheckpointError
@@ -42,7 +43,7 @@ class ParadigmError(RuntimeError):
 
 # errors a user can cause and read: printed as one line naming the rank, no traceback
 EXPECTED_ERRORS = (DataError, CheckpointError, FloatingPointError, ParadigmError, CommError, OSError, MemoryError)
-LAUNCH_OPTIONS = ("sim", "sim_timeout")
+LAUNCH_OPTIONS = ("sim", "sim_timeout", "network")
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -51,6 +52,11 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="run on N simulated ranks in this process instead of MPI (no mpiexec needed)")
     g.add_argument("--sim-timeout", type=float, default=120.0, metavar="SECONDS",
                    help="with --sim: fail a rank blocked this long in a receive (default 120)")
+    g.add_argument("--network", type=_network, default=None, metavar="SPEC",
+                   help="with --sim: model the network and report each rank's virtual time: a preset "
+                        f"({', '.join(PRESETS)}) or alpha=5us,beta=1GB/s,gamma=0.2ns, optionally with "
+                        ",contention (one message at a time per incoming link) and ,compute=wall or "
+                        ",compute=10GFLOP/s (what local computation costs; default: nothing)")
     g.add_argument("--inject-fault", type=_fault, default=None, metavar="RANK:STEP:KIND",
                    help="make RANK fail at its STEP-th training step (counted from 1 over the run), to see what "
                         "a failure does: KIND raise (an exception), nan (a NaN in its input, so a NaN loss), "
@@ -58,6 +64,13 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 FAULT_KINDS = ("raise", "nan", "kill")
+
+
+def _network(text: str) -> Network:
+    try:
+        return parse_network(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--network: ")) from None
 
 
 def _fault(text: str) -> tuple[int, int, str]:
@@ -89,6 +102,8 @@ def maybe_fail(args: argparse.Namespace, rank: int, step: int, x: np.ndarray) ->
 def check_cluster_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.sim_timeout > 0:
         p.error(f"--sim-timeout must be > 0, got {args.sim_timeout}")
+    if args.network is not None and args.sim is None and under_mpiexec():
+        p.error("--network models the simulated transport: use it with --sim N (under mpiexec the network is real)")
     if args.inject_fault and args.inject_fault[2] == "kill" and args.sim:
         p.error("--inject-fault ...:kill kills a process: run under mpiexec, not --sim (simulated ranks share one)")
 
@@ -144,7 +159,7 @@ def _with_ftz(t, body, args):
 
 
 def _launch_sim(prog: str, args: argparse.Namespace, body) -> int:
-    cluster = SimCluster(args.sim, timeout=args.sim_timeout)
+    cluster = SimCluster(args.sim, timeout=args.sim_timeout, network=args.network)
     try:
         cluster.run(_with_ftz, body, args)
     except RankError as e:
@@ -244,24 +259,27 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
                 legend: str, categories: tuple[str, ...] = ("payload", "control")) -> tuple[str, bool] | None:
     """Gather every rank's ledger on rank 0 (these messages are not counted) and return (the table,
     whether every payload agrees with its formula) there; None on other ranks."""
-    vec = np.zeros(len(categories) * len(_FIELDS) + 1, dtype=np.float64)
+    vec = np.zeros(len(categories) * len(_FIELDS) + 2, dtype=np.float64)
     for i, c in enumerate(categories):
         if c in meter.by:
             vec[i * len(_FIELDS):(i + 1) * len(_FIELDS)] = meter.by[c]
-    vec[-1] = meter.compute
+    vec[-2] = meter.compute
+    net = getattr(t, "network", None)
+    vec[-1] = t.clock * TICK if net is not None else 0.0   # this rank's virtual time so far (its finish)
     allv = gather(t, vec, root=0)
     if t.rank != 0:
         return None
     allv = allv.reshape(t.size, -1)
     head = (f"{'role':<8} {'ranks':>5}  {'what':<8} {'msgs sent':>10} {'bytes sent':>15} {'msgs recv':>10} "
-            f"{'bytes recv':>15} {'compute s':>9} {'comm s':>8}  formula (bytes sent)")
+            f"{'bytes recv':>15} {'compute s':>9} {'comm s':>8}" + (f" {'virtual s':>10}" if net else "")
+            + "  formula (bytes sent)")
     lines = [legend, head, "-" * len(head)]
     all_ok = True
     for role, ranks in roles.items():
         if not ranks:
             continue
         rows = allv[ranks]
-        compute = rows[:, -1].mean()
+        compute = rows[:, -2].mean()
         for i, c in enumerate(categories):
             s = rows[:, i * len(_FIELDS):(i + 1) * len(_FIELDS)].sum(axis=0)
             comm_s = rows[:, i * len(_FIELDS) + 4].mean()
@@ -277,9 +295,12 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
             first = i == 0                                        # role, ranks and compute once per role
             lines.append(f"{role if first else '':<8} {len(ranks) if first else '':>5}  {c:<8} {int(s[0]):>10,} "
                          f"{int(s[1]):>15,} {int(s[2]):>10,} {int(s[3]):>15,} "
-                         f"{f'{compute:.2f}' if first else '':>9} {comm_s:>8.2f}  {note}")
+                         f"{f'{compute:.2f}' if first else '':>9} {comm_s:>8.2f}"
+                         + (f" {f'{rows[:, -1].max():.6f}' if first else '':>10}" if net else "") + f"  {note}")
     lines.append("compute s and comm s: mean per rank of the role; comm s is time inside transport calls "
                  "(waiting included)")
+    if net is not None:
+        lines.append(f"virtual s: the latest virtual finish time among the role's ranks, network {net}")
     return "\n".join(lines), all_ok
 
 
@@ -340,7 +361,7 @@ class Reporter:
             plot_curves(self.log.records, self.args.plot, title=title, unit=self.unit)
             self.say(f"plot written to {self.args.plot}")
         last = dict(self.log.records[-1]) if self.log.records else {}
-        last.update(model=self.model, comm_agrees=report[1], **extra)
+        last.update(model=self.model, comm_agrees=report[1], comm_table=report[0], **extra)
         return last
 
 
