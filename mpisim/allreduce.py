@@ -64,6 +64,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--bucket-mb must be a finite number >= 0, got {args.bucket_mb}")
     if args.sync_bn and not args.batchnorm:
         p.error("--sync-bn needs --batchnorm")
+    if args.overlap and args.network is not None:
+        p.error("--overlap runs the allreduce on a second thread; --network's virtual clock models one thread "
+                "per rank: use one of them")
     if args.algorithm == "mpi" and args.sim:
         p.error("--algorithm mpi is MPI's own Allreduce: run under mpiexec, not --sim")
 

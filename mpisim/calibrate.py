@@ -274,12 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--sizes needs LO < HI for a fit of alpha and beta, got {sizes[0]}:{sizes[0]}")
     if any(n % 4 for n in vsizes):
         ap.error("--validate-sizes: LO and HI must be multiples of 4 bytes (float32 vectors)")
-    if args.json:
-        prepare_output_file(ap, "--json", args.json)
-
     if not under_mpiexec():
         print(f"{PROG}: needs 2 or more MPI processes; run it as '{USAGE_MPI}'", file=sys.stderr)
         return 2
+    if args.json:
+        prepare_output_file(ap, "--json", args.json)
     from mpi4py import MPI
     if MPI.COMM_WORLD.Get_size() < 2:
         print(f"{PROG}: needs 2 or more MPI processes, got 1; run it as '{USAGE_MPI}'", file=sys.stderr)

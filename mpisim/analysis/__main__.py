@@ -20,7 +20,9 @@ import time
 from ..bench import fmt_size, parse_size
 from ..comm.costs import ALGORITHMS
 from ..comm.network import PRESETS, parse_network
-from ..train.options import prepare_output_file
+from ..train.checkpoint import atomic_write_bytes
+from ..train.distributed import _network
+from ..train.options import _int_at_least, prepare_output_file
 from . import report
 from .measure import crossover, grid, measure, sim_winner
 from .paradigms import PARADIGMS, run_paradigm
@@ -46,20 +48,13 @@ def _ranks(text: str) -> list[int]:
     return items
 
 
-def _network(text: str):
-    try:
-        return parse_network(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix("--network: ")) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", "'"),
                                 epilog=__doc__.rsplit("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", type=_network, default=parse_network("10gbe"), metavar="SPEC",
                    help=f"the network model: {', '.join(PRESETS)} or alpha=5us,beta=1GB/s,gamma=0.2ns[,contention] "
                         "(default 10gbe)")
-    p.add_argument("--ranks", type=_ranks, default=_ranks(DEFAULT_RANKS), metavar="LIST",
+    p.add_argument("--ranks", type=_ranks, default=None, metavar="LIST",
                    help=f"simulated rank counts (default {DEFAULT_RANKS})")
     p.add_argument("--sizes", type=lambda s: _list(parse_size, s, "sizes"), default=None, metavar="LIST",
                    help=f"message sizes in bytes, 8 to 64M (default {DEFAULT_SIZES})")
@@ -67,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="LIST", help=f"which of {', '.join(ALGORITHMS)} (default all)")
     p.add_argument("--sections", type=lambda s: _list(str, s, "sections"), default=list(SECTIONS), metavar="LIST",
                    help=f"which of {', '.join(SECTIONS)} (default all)")
-    p.add_argument("--paradigm-ranks", type=int, default=4, metavar="N", help="ranks for the paradigms (default 4)")
+    p.add_argument("--paradigm-ranks", type=_int_at_least(2, "a rank count >= 2 (a server and a worker)"),
+                   default=4, metavar="N", help="ranks for the paradigms (default 4)")
     p.add_argument("--validate", type=_ranks, default=None, metavar="LIST", nargs="?", const=[2, 4],
                    help="also run 'mpiexec -n N python -m mpisim.calibrate --validate' for each N (default 2,4) "
                         "and report the model's error against the real machine")
@@ -81,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.quick:
-        args.ranks = args.ranks if args.ranks != _ranks(DEFAULT_RANKS) else [2, 3, 4, 8]
+        args.ranks = args.ranks or [2, 3, 4, 8]
         args.sizes = args.sizes or [8, 4096, 256 * 1024]
+    args.ranks = args.ranks or _ranks(DEFAULT_RANKS)
+    if args.network.compute != "none":
+        p.error("--network: the report compares the collectives with formulas that leave computation out: "
+                "drop compute=...")
     args.sizes = args.sizes or _list(parse_size, DEFAULT_SIZES, "sizes")
     bad = [c for c in args.collectives if c not in ALGORITHMS]
     if bad:
@@ -92,13 +92,12 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"unknown section {bad[0]!r}; choose from {', '.join(SECTIONS)}")
     if any(s < 1 or s > 1 << 30 for s in args.sizes):
         p.error("--sizes must be between 1 byte and 1 GiB")
-    if args.paradigm_ranks < 2:
-        p.error("--paradigm-ranks must be >= 2 (a server and a worker)")
     if args.output:
         prepare_output_file(p, "--output", args.output)
     if args.plot:
         if os.path.exists(args.plot) and not os.path.isdir(args.plot):
             p.error(f"--plot {args.plot} is a file; give a directory")
+        prepare_output_file(p, "--plot", os.path.join(args.plot, "allreduce_vs_p.png"))
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -201,20 +200,17 @@ def main(argv=None) -> int:
     say = (lambda s: None) if args.quiet else (lambda s: print(f"analysis: {s}", file=sys.stderr, flush=True))
     try:
         text = build_report(args, say)
+        if args.output:
+            atomic_write_bytes(args.output, text.encode())
+            say(f"report written to {args.output}")
+        else:
+            sys.stdout.write(text)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    if args.output:
-        tmp = args.output + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.output)
-        say(f"report written to {args.output}")
-    else:
-        sys.stdout.write(text)
     return 0
 
 

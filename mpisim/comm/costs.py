@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .allreduce import ALLREDUCE_ALGORITHMS, choose_allreduce
+from .network import TICK
 
 __all__ = ["ALGORITHMS", "Cost", "allreduce_formula", "allreduce_traffic", "cost", "traffic"]
 
@@ -76,7 +77,7 @@ class Cost:
         return max(net.time(*f) for f in self.forms)
 
     def seconds(self, net) -> float:
-        return float(self.ticks(net)) * 1e-15
+        return float(self.ticks(net)) * TICK
 
 
 def _c(text, *forms, kind="exact", why=""):

@@ -55,6 +55,8 @@ class Network:
                 raise ValueError(f"network {k} must be a whole number of ticks >= 0, got {v!r}")
         if self.compute not in ("none", "wall", "rate"):
             raise ValueError(f"network compute must be none, wall or a rate, got {self.compute!r}")
+        if self.compute == "rate" and not (0 < self.flops < float("inf")):
+            raise ValueError(f"network compute rate must be a finite FLOP/s > 0, got {self.flops!r}")
 
     def message(self, nbytes: int) -> int:
         """Ticks a message of ``nbytes`` takes from send to arrival: alpha + n*beta."""
@@ -78,7 +80,7 @@ class Network:
         if self.compute == "wall":
             parts.append("compute=wall")
         elif self.compute == "rate":
-            parts.append(f"compute={_g(self.flops / 1e9)}GFLOP/s")
+            parts.append(f"compute={_g(self.flops / 1e9, 12)}GFLOP/s")
         return ",".join(parts)
 
     def __str__(self) -> str:
@@ -92,30 +94,35 @@ class Network:
         return text
 
 
-def _g(x: float) -> str:
-    return f"{x:.4g}"
+def _g(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}g}"
 
 
-def _ticks(seconds: float) -> int:
-    return int(round(seconds / TICK))
+def _ticks(seconds: float, what: str = "value") -> int:
+    if not 0 <= seconds < 1e6:
+        raise ValueError(f"{what}: {seconds!r} s is out of range (0 to a million seconds)")
+    ticks = int(round(seconds / TICK))
+    if seconds > 0 and ticks == 0:
+        raise ValueError(f"{what}: {seconds!r} s is below the model's resolution of 1 fs")
+    return ticks
 
 
 def format_seconds(s: float, spec: bool = False) -> str:
     """'5 us', '1.2 ms', ... (no space and ASCII units with ``spec``)."""
     for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
         if abs(s) >= f or unit == "ns":
-            return f"{_g(s / f)}{'' if spec else ' '}{unit}"
+            return f"{_g(s / f, 12 if spec else 4)}{'' if spec else ' '}{unit}"
     raise AssertionError
 
 
 def format_rate(ticks_per_byte: int, spec: bool = False) -> str:
-    """A per-byte cost in ticks as a rate: '1.25 GB/s' (decimal units), 'inf' for zero."""
+    """A per-byte cost in ticks as a rate: '1.25 GB/s' (decimal units); zero is 'free' ('0ns' in a spec)."""
     if ticks_per_byte == 0:
         return "0ns" if spec else "free"
     rate = 1.0 / (ticks_per_byte * TICK)
     for unit, f in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3), ("B/s", 1.0)):
         if rate >= f or unit == "B/s":
-            return f"{_g(rate / f)}{'' if spec else ' '}{unit}"
+            return f"{_g(rate / f, 12 if spec else 4)}{'' if spec else ' '}{unit}"
     raise AssertionError
 
 
@@ -137,7 +144,7 @@ def parse_time(text: str, what: str) -> int:
     m = re.fullmatch(_NUM + r"\s*(s|ms|us|µs|ns|ps)", text.strip())
     if not m:
         raise ValueError(f"{what}: expected a time with a unit (s, ms, us, ns, ps), e.g. 5us; got {text!r}")
-    return _ticks(float(m.group(1)) * _TIME_UNITS[m.group(2)])
+    return _ticks(float(m.group(1)) * _TIME_UNITS[m.group(2)], what)
 
 
 def parse_per_byte(text: str, what: str) -> int:
@@ -148,16 +155,16 @@ def parse_per_byte(text: str, what: str) -> int:
         rate = float(m.group(1)) * _PREFIX[m.group(2)] / (8 if m.group(3) == "b" else 1)
         if rate <= 0:
             raise ValueError(f"{what}: a rate must be > 0, got {text!r}")
-        return _ticks(1 / rate)
+        return _ticks(1 / rate, what)
     m = re.fullmatch(_NUM + r"\s*(s|ms|us|µs|ns|ps)(?:/B)?", t)
     if m:
-        return _ticks(float(m.group(1)) * _TIME_UNITS[m.group(2)])
+        return _ticks(float(m.group(1)) * _TIME_UNITS[m.group(2)], what)
     raise ValueError(f"{what}: expected a rate (1GB/s, 10Gb/s, 2GiB/s) or a time per byte (0.8ns); got {text!r}")
 
 
 def _parse_flops(text: str) -> float:
     m = re.fullmatch(_NUM + r"\s*(k|K|M|G|T|)(?:FLOP|flop|F)/s", text.strip())
-    if not m or float(m.group(1)) <= 0:
+    if not m or not 0 < float(m.group(1)) * _PREFIX[m.group(2)] < float("inf"):
         raise ValueError(f"compute: expected none, wall or a rate > 0 such as 10GFLOP/s; got {text!r}")
     return float(m.group(1)) * _PREFIX[m.group(2)]
 
@@ -205,8 +212,7 @@ def parse_network(text: str) -> Network:
             raise ValueError(f"--network: {' and '.join(missing)} missing in {text!r} (or start with a preset: "
                              f"{', '.join(PRESETS)})")
         net = Network(given.pop("alpha"), given.pop("beta"), given.pop("gamma", PRESETS["shm"].gamma))
-    changed = {k: v for k, v in given.items()}
-    if changed:
-        name = net.name if set(changed) <= {"contention", "compute", "flops"} else "custom"
-        net = replace(net, name=name, **changed)
+    if given:
+        name = net.name if set(given) <= {"contention", "compute", "flops"} else "custom"
+        net = replace(net, name=name, **given)
     return net

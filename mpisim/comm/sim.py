@@ -16,7 +16,9 @@ With a :class:`~mpisim.comm.network.Network` (``SimCluster(n, network=...)``) ev
 a virtual clock ``transport.clock`` in ticks (femtoseconds; ``transport.vtime`` in seconds): a
 send starting at t keeps the sender busy until t + alpha + n*beta and the message arrives then,
 a receive completes at max(own clock, arrival), ``transport.reduced(n)`` charges n*gamma. The
-clocks depend only on the schedule of messages, not on how the threads happen to run.
+clocks depend only on the schedule of messages, not on how the threads happen to run, with two
+exceptions: ``compute=wall`` (measured time varies), and link contention with ANY_SOURCE
+receives (the link serves messages in the order the receiver matches them, which is real time).
 """
 from __future__ import annotations
 
@@ -100,7 +102,9 @@ class _Recv:
     def test(self) -> bool:
         """True once the message has arrived; the buffer is then filled (as by ``wait``)."""
         if self.status is None and self.done:
+            self.owner._charge()
             self.owner._finish(self)
+            self.owner._mark()
         return self.status is not None
 
     def wait(self) -> Status:
@@ -190,7 +194,7 @@ class SimCluster:
         def body(rank: int) -> None:
             t = self.transports[rank]
             try:
-                t._mark()
+                t._owner = threading.get_ident()
                 results[rank] = fn(t, *args, **kwargs)
                 t._charge()
             except _Aborted:
@@ -236,7 +240,8 @@ class SimTransport:
         self.network = cluster.network
         self.clock = 0        # virtual time in ticks (stays 0 without a network model)
         self.rx_free = 0      # with link contention: when this rank's incoming link is next free
-        self._cpu = 0.0
+        self._cpu: float | None = None   # compute=wall: the owner thread's CPU time at its last transport call
+        self._owner: int | None = None
 
     def reset_stats(self) -> None:
         """Zero the counters (the virtual clock goes on: it orders messages between ranks)."""
@@ -249,12 +254,13 @@ class SimTransport:
 
     # -- virtual time of local work -------------------------------------------------------------
     def _mark(self) -> None:
-        if self.cluster.wall:
+        if self.cluster.wall and threading.get_ident() == self._owner:
             self._cpu = time.thread_time()
 
     def _charge(self) -> None:
-        """With compute=wall: add the thread CPU time since the last transport call to the clock."""
-        if self.cluster.wall:
+        """With compute=wall: add the rank thread's CPU time since its last transport call to the clock
+        (from its first call on: set-up before it is not charged; other threads' work is not either)."""
+        if self.cluster.wall and self._cpu is not None and threading.get_ident() == self._owner:
             now = time.thread_time()
             self.clock += round((now - self._cpu) / TICK)
             self._cpu = now
@@ -267,6 +273,8 @@ class SimTransport:
 
     def compute(self, flops: float) -> None:
         """Declare ``flops`` of local work; charged at the model's rate with compute=RATE."""
+        if flops < 0:
+            raise ValueError(f"compute: flops must be >= 0, got {flops}")
         if self.network is not None and self.network.compute == "rate":
             self.clock += round(flops / self.network.flops / TICK)
 

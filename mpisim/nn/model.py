@@ -220,8 +220,10 @@ class MLP:
 
     def train_flops(self, batch: int) -> int:
         """Floating-point operations of one forward and backward pass over ``batch`` examples: 2 per
-        multiply-add, three matmuls per Linear (forward, dX, dW); activations and biases left out."""
-        return 6 * batch * sum(a * b for a, b in zip(self.sizes, self.sizes[1:]))
+        multiply-add, three matmuls per Linear (forward, dX, dW; the first Linear needs no dX);
+        activations and biases left out."""
+        macs = [a * b for a, b in zip(self.sizes, self.sizes[1:])]
+        return batch * (6 * sum(macs) - 2 * macs[0])
 
     def config(self) -> dict:
         """What defines the architecture (checked when a checkpoint is loaded)."""

@@ -170,7 +170,10 @@ def prepare_output_file(p: argparse.ArgumentParser, option: str, path: str) -> N
         p.error(f"{option} {path} is a directory; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     _check_creatable(p, f"{option} {path}", parent)
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        p.error(f"{option} {path}: cannot create {parent}: {e.strerror or e}")
 
 
 def _check_creatable(p: argparse.ArgumentParser, option: str, directory: str) -> None:
