@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -28,6 +27,7 @@ from .bench import fmt_size, parse_size
 from .comm import allreduce, barrier, bcast
 from .comm.costs import ALGORITHMS, cost
 from .comm.network import TICK, Network, format_seconds
+from .train.checkpoint import atomic_write_bytes
 from .train.distributed import under_mpiexec
 from .train.options import _int_at_least, prepare_output_file
 
@@ -251,19 +251,6 @@ def _report(res: dict, net: Network, rows: list[dict], reps: int) -> None:
     print(f"--network {net.spec()}", flush=True)
 
 
-def _write_json(path: str, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file beside it, then os.replace."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -297,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"done in {time.perf_counter() - start:.1f} s")
         _report(res, net, rows, reps)
         if args.json:
-            _write_json(args.json, {**res, "validation": rows})
+            atomic_write_bytes(args.json, json.dumps({**res, "validation": rows}, indent=1).encode())
     barrier(t)
     return 0
 

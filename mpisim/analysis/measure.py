@@ -133,8 +133,9 @@ def measure(coll: str, algorithm: str, p: int, nbytes: int, net: Network, *,
 
 # -- tree against ring -----------------------------------------------------------------------------------
 def tree_ring_rounds(p: int) -> tuple[int, int]:
-    """Sequential message steps of a tree allreduce (2 ceil(lg p)) and a ring allreduce (2(p-1))."""
-    return 2 * (p - 1).bit_length(), 2 * (p - 1)
+    """Sequential message steps of a tree allreduce (2 ceil(lg p)) and a ring allreduce (2(p-1)): the
+    alpha coefficients of their formulas."""
+    return tuple(int(cost("allreduce", alg, p, p, 1).forms[0][0]) for alg in ("tree", "ring"))
 
 
 def crossover(p: int, net: Network) -> float | None:

@@ -1,6 +1,7 @@
 """The report's sections as text or Markdown: tables, and the prose a student reads beside them."""
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from typing import Iterable, Sequence
 
@@ -80,18 +81,13 @@ class Doc:
             self.parts += [fmt(head), "  ".join("-" * x for x in w)] + [fmt(r) for r in rows]
         self.parts.append("")
 
+    @contextlib.contextmanager
     def details(self, summary: str):
         """A collapsed block in Markdown (GitHub's <details>), a plain sub-heading in text."""
-        doc = self
-
-        class _Block:
-            def __enter__(self):
-                doc.parts += ([f"<details><summary>{summary}</summary>", ""] if doc.md else [summary, ""])
-
-            def __exit__(self, *exc):
-                if doc.md:
-                    doc.parts += ["</details>", ""]
-        return _Block()
+        self.parts += [f"<details><summary>{summary}</summary>", ""] if self.md else [summary, ""]
+        yield
+        if self.md:
+            self.parts += ["</details>", ""]
 
 
 def _t(seconds: float) -> str:

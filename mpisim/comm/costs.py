@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+from ._common import block_offsets
 from .allreduce import ALLREDUCE_ALGORITHMS, choose_allreduce
 from .network import TICK
 
@@ -54,9 +55,9 @@ def _clog(p: int) -> int:
 
 
 def _blocks(count: int, p: int) -> list[int]:
-    """Element counts of numpy.array_split(range(count), p)."""
-    q, r = divmod(count, p)
-    return [q + (b < r) for b in range(p)]
+    """Element counts of the collectives' blocks (numpy.array_split's)."""
+    offs = block_offsets(count, p)
+    return [hi - lo for lo, hi in zip(offs, offs[1:])]
 
 
 def _subtree_blocks(p: int) -> int:
