@@ -121,7 +121,7 @@ def format_rate(ticks_per_byte: int, spec: bool = False) -> str:
         return "0ns" if spec else "free"
     rate = 1.0 / (ticks_per_byte * TICK)
     for unit, f in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3), ("B/s", 1.0)):
-        if rate >= f or unit == "B/s":
+        if rate >= f * (1 - 1e-9) or unit == "B/s":   # 1e15/1e6 ticks is 1 GB/s, not 1000 MB/s
             return f"{_g(rate / f, 12 if spec else 4)}{'' if spec else ' '}{unit}"
     raise AssertionError
 
