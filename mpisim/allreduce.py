@@ -1,4 +1,4 @@
-"""``mpisim.allreduce``: synchronous data-parallel SGD without a server (HW "Q2", PyTorch DDP's design).
+"""``mpisim.allreduce``: synchronous data-parallel SGD without a server (PyTorch DDP's design).
 
 Every rank holds a replica of the model. Each step the global batch of B examples is split across the
 N ranks (DistributedSampler's strided split, applied to the centralized trainer's batches: rank r takes
@@ -23,6 +23,7 @@ import queue
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,22 +31,22 @@ from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
 from .comm.costs import allreduce_formula, allreduce_traffic
 from .data import epoch_permutation
 from .nn import BatchNorm1d
-from .train import add_training_args, build_dataset, build_model, build_optimizer, build_schedule, gather_batch
-from .train.distributed import (Formula, Meter, Reporter, add_cluster_args, check_cluster_args,
-                                comm_report, paradigm_main, stop_here, maybe_fail, paradigm_config,
-                                share_resume)
-from .train.loop import data_fingerprint, save_state
-from .train.options import check_training_args
+from .train import gather_batch
+from .train.distributed import Formula, Meter
+from .train.runtime import Paradigm, Payload, Role, Run
 
-PROG = "python -m mpisim.allreduce"
 ALGORITHMS = (*ALLREDUCE_ALGORITHMS, "mpi")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Data-parallel SGD: the gradient averaged by an allreduce.",
-                                epilog=__doc__.rsplit("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(p)
-    add_cluster_args(p)
+@dataclass(frozen=True)
+class Options:
+    algorithm: str = "auto"        # an allreduce of mpisim.comm, or mpi: MPI's own Allreduce
+    bucket_mb: float = 0.0         # gradient bucket size in MiB, whole layers each; 0: one bucket
+    overlap: bool = False          # allreduce each bucket on a communication thread during backward
+    sync_bn: bool = False          # BatchNorm statistics over the global batch
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data parallel")
     g.add_argument("--algorithm", choices=ALGORITHMS, default="auto",
                    help="allreduce algorithm; mpi = MPI's own Allreduce, needs mpiexec (default auto)")
@@ -54,20 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overlap", action="store_true",
                    help="allreduce each bucket on a communication thread while backward goes on")
     g.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over the global batch (allreduced)")
-    return p
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_training_args(p, args)
-    check_cluster_args(p, args)
-    if not args.bucket_mb >= 0 or args.bucket_mb == float("inf"):
-        p.error(f"--bucket-mb must be a finite number >= 0, got {args.bucket_mb}")
-    if args.sync_bn and not args.batchnorm:
+def check(p: argparse.ArgumentParser, train, o: Options) -> None:
+    if not o.bucket_mb >= 0 or o.bucket_mb == float("inf"):
+        p.error(f"--bucket-mb must be a finite number >= 0, got {o.bucket_mb}")
+    if o.sync_bn and not train.batchnorm:
         p.error("--sync-bn needs --batchnorm")
-    if args.overlap and args.network is not None:
+    if o.overlap and train.network is not None:
         p.error("--overlap runs the allreduce on a second thread; --network's virtual clock models one thread "
                 "per rank: use one of them")
-    if args.algorithm == "mpi" and args.sim:
+    if o.algorithm == "mpi" and train.sim:
         p.error("--algorithm mpi is MPI's own Allreduce: run under mpiexec, not --sim")
 
 
@@ -143,13 +141,13 @@ class CommThread:
 class GradientSync:
     """Sums the flat gradient over the ranks, bucket by bucket, optionally overlapped with backward."""
 
-    def __init__(self, t, model, meter: Meter, args: argparse.Namespace) -> None:
-        self.t, self.model, self.meter, self.alg = t, model, meter, args.algorithm
-        self.buckets = plan_buckets(model, args.bucket_mb * 2**20)
-        self.thread = CommThread() if args.overlap and t.size > 1 else None
+    def __init__(self, t, model, meter: Meter, o: Options) -> None:
+        self.t, self.model, self.meter, self.alg = t, model, meter, o.algorithm
+        self.buckets = plan_buckets(model, o.bucket_mb * 2**20)
+        self.thread = CommThread() if o.overlap and t.size > 1 else None
         self.sent = 0
         self.where = ""
-        if args.sync_bn:
+        if o.sync_bn:
             for layer in model.layers:
                 if isinstance(layer, BatchNorm1d):
                     layer.sum_across = self.sum_bn_stats
@@ -203,94 +201,77 @@ class GradientSync:
 
 
 # -- one rank ----------------------------------------------------------------------------------------------
-def run_rank(t, args: argparse.Namespace) -> dict | None:
-    r, N = t.rank, t.size
-    ds = build_dataset(args)
-    model = build_model(args, ds)
-    opt = build_optimizer(args, model)
-    lr_at = build_schedule(args)
-    config = paradigm_config(args, N, paradigm="allreduce", data=data_fingerprint(ds))
-    state = share_resume(t, args, model, opt, config)
-    meter = Meter(t)
-    sync = GradientSync(t, model, meter, args)
-    rep = Reporter(args, model, state) if r == 0 else None
-    if rep:
-        rep.say(f"allreduce: {N} rank{'s' if N > 1 else ''} ({'simulated' if args.sim else 'MPI'}), {ds.describe()}")
-        rep.say(f"model {model.describe()}; {args.optimizer} lr {args.lr:g}, global batch {args.batch_size} "
-                f"(~{args.batch_size / N:g} per rank), {args.epochs} epochs; allreduce {args.algorithm}, "
-                f"{len(sync.buckets)} bucket{'s' if len(sync.buckets) > 1 else ''}"
-                + (", overlapped" if sync.thread else "") + (", sync BN" if args.sync_bn else "")
-                + (f"; resuming after epoch {state.start_epoch}" if state.start_epoch else ""))
-        if args.batch_size < N:
-            rep.say(f"note: global batch {args.batch_size} < {N} ranks: some ranks get no examples per step")
+class DataParallel(Role):
+    """A replica: its strided share of every global batch, then the gradient summed over all ranks."""
 
-    n, B = ds.num_train, args.batch_size
-    x_train = ds.x_train.astype(model.dtype, copy=False)
-    steps = -(-n // B)
-    xbuf = np.empty((-(-min(B, n) // N), ds.num_features), dtype=model.dtype)
-    done_steps = 0
-    try:
-        for epoch in range(state.start_epoch, args.epochs):
-            if stop_here(args, epoch, rep):
-                break
-            t0 = time.perf_counter()
-            before = meter.snapshot()
-            model.seed_dropout(epoch, r)
-            perm = epoch_permutation(n, seed=args.seed, epoch=epoch)
-            sums = np.zeros(3, dtype=np.float64)            # loss sum, correct, seen (this rank)
-            for i in range(steps):
-                batch = perm[i * B:(i + 1) * B]
-                if args.batchnorm and (len(batch) if args.sync_bn else len(batch) // N) < 2:
-                    continue                                # BatchNorm cannot train on one example
-                mine = batch[r::N]
-                opt.lr = lr_at(epoch + i / steps)
-                xb = gather_batch(x_train, mine, xbuf)
-                maybe_fail(args, r, done_steps + 1, xb)
-                loss, c = sync.step(model, xb, ds.y_train[mine], 1.0 / len(batch),
-                                    f"at epoch {epoch + 1}, step {i + 1}")
-                with meter.computing():
-                    opt.step()
-                sums += (loss * len(mine), c, len(mine))
-                done_steps += 1
-            # one small control allreduce: the epoch's loss and accuracy, and the ledger, over all ranks
-            now = meter.snapshot()
-            tot = np.concatenate([sums, [now[k] - before[k] for k in now]])
-            with meter.comm("control"):
-                allreduce(t, tot, out=tot, check=False)
-            if rep:
-                seconds = time.perf_counter() - t0
-                values = {"loss": tot[0] / max(tot[2], 1), "train_acc": tot[1] / max(tot[2], 1), "lr": opt.lr,
-                          "samples_per_s": tot[2] / seconds if seconds > 0 else None,
-                          "payload_messages": int(tot[3]), "payload_bytes": int(tot[4]),
-                          "compute_s": tot[5] / N, "comm_s": tot[6] / N, "seconds": seconds}
-                rep.record(epoch + 1, ds.x_test, ds.y_test, values, x_val=ds.x_val, y_val=ds.y_val,
-                           save=lambda h, e=epoch: save_state(args.checkpoint, model, opt, epoch=e + 1,
-                                                              epochs=args.epochs, config=config, history=h))
-    finally:
-        if sync.thread:
-            sync.thread.close()
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        o, tr, N = run.opts, run.train, run.size
+        self.sync = GradientSync(run.t, run.model, run.meter, o)
+        self.xbuf = np.empty((-(-min(tr.batch_size, run.ds.num_train) // N), run.ds.num_features),
+                             dtype=run.model.dtype)
+        self.done_steps = 0
+        self.title = f"allreduce SGD, {N} ranks, {run.ds.name}, {run.model.describe()}"
+        run.say(f"allreduce: {N} rank{'s' if N > 1 else ''} ({run.where()}), {run.ds.describe()}")
+        run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
+                f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; allreduce {o.algorithm}, "
+                f"{len(self.sync.buckets)} bucket{'s' if len(self.sync.buckets) > 1 else ''}"
+                + (", overlapped" if self.sync.thread else "") + (", sync BN" if o.sync_bn else "")
+                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+        if tr.batch_size < N:
+            run.say(f"note: global batch {tr.batch_size} < {N} ranks: some ranks get no examples per step")
 
-    # the table: measured next to the closed form
-    P, w = model.num_params, model.params.itemsize
-    if args.algorithm == "mpi":
+    def epoch(self, epoch: int) -> dict | None:
+        run, tr, r, N = self.run, self.run.train, self.run.rank, self.run.size
+        B, steps = tr.batch_size, run.steps
+        run.model.seed_dropout(epoch, r)
+        perm = epoch_permutation(run.ds.num_train, seed=tr.seed, epoch=epoch)
+        sums = np.zeros(3, dtype=np.float64)            # loss sum, correct, seen (this rank)
+        for i in range(steps):
+            batch = perm[i * B:(i + 1) * B]
+            if tr.batchnorm and (len(batch) if run.opts.sync_bn else len(batch) // N) < 2:
+                continue                                # BatchNorm cannot train on one example
+            mine = batch[r::N]
+            run.opt.lr = run.lr_at(epoch + i / steps)
+            xb = gather_batch(run.x_train, mine, self.xbuf)
+            run.maybe_fail(self.done_steps + 1, xb)
+            loss, c = self.sync.step(run.model, xb, run.ds.y_train[mine], 1.0 / len(batch),
+                                     f"at epoch {epoch + 1}, step {i + 1}")
+            with run.meter.computing():
+                run.opt.step()
+            sums += (loss * len(mine), c, len(mine))
+            self.done_steps += 1
+        tot = run.totals(sums)                          # the epoch's loss, accuracy and ledger, over all ranks
+        return run.figures(tot, run.opt.lr) if r == 0 else None
+
+    def payload(self) -> Payload:
+        """S steps of one allreduce per bucket: the measured traffic next to the closed form."""
+        run, alg, N = self.run, self.run.opts.algorithm, self.run.size
+        P, w, S = run.model.num_params, run.model.params.itemsize, self.done_steps
         formula = None
-    else:
-        per = [allreduce_traffic(args.algorithm, hi - lo, w, N) for lo, hi, _ in sync.buckets]
-        m, b = sum(x[0] for x in per) * done_steps, sum(x[1] for x in per) * done_steps
-        f = allreduce_formula(args.algorithm, P, w, N).replace("·n", "·b·P")
-        formula = Formula(f"S·{f}", m, b, m, b)
-    legend = (f"communication in this run: P = {P:,} parameters, b = {w} bytes, N = {N} ranks, S = {done_steps} "
-              f"steps, {len(sync.buckets)} bucket(s), algorithm {args.algorithm}"
-              + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)" if args.algorithm == "auto" else "")
-              + ("; MPI's own Allreduce: its messages are invisible to mpisim, only its time is counted"
-                 if args.algorithm == "mpi" else ""))
-    cats = ("payload", "bn-sync", "control") if args.sync_bn else ("payload", "control")
-    report = comm_report(t, meter, {"rank": list(range(N))}, {"rank": formula}, legend, cats)
-    return rep.finish(report, f"allreduce SGD, {N} ranks, {ds.name}, {model.describe()}", steps=done_steps) if rep else None
+        if alg != "mpi":
+            per = [allreduce_traffic(alg, hi - lo, w, N) for lo, hi, _ in self.sync.buckets]
+            m, b = sum(x[0] for x in per) * S, sum(x[1] for x in per) * S
+            formula = Formula(f"S·{allreduce_formula(alg, P, w, N).replace('·n', '·b·P')}", m, b, m, b)
+        legend = (f"communication in this run: P = {P:,} parameters, b = {w} bytes, N = {N} ranks, S = {S} "
+                  f"steps, {len(self.sync.buckets)} bucket(s), algorithm {alg}"
+                  + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)" if alg == "auto" else "")
+                  + ("; MPI's own Allreduce: its messages are invisible to mpisim, only its time is counted"
+                     if alg == "mpi" else ""))
+        cats = ("payload", "bn-sync", "control") if run.opts.sync_bn else ("payload", "control")
+        return Payload({"rank": list(range(N))}, {"rank": formula}, legend, cats)
+
+    def result(self) -> dict:
+        return {"steps": self.done_steps}
+
+    def close(self) -> None:
+        if self.sync.thread:
+            self.sync.thread.close()
 
 
-def main(argv=None) -> int:
-    return paradigm_main(PROG, sys.modules[__name__], argv, default_ranks=4)
+PARADIGM = Paradigm(name="allreduce", doc=__doc__, setup=DataParallel, options=Options, add_args=add_args,
+                    check=check, description="Data-parallel SGD: the gradient averaged by an allreduce.")
+build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 
 if __name__ == "__main__":

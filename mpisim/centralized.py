@@ -1,6 +1,7 @@
-"""``python -m mpisim.centralized``: one process trains the MLP on the whole training set (HW "Q1").
+"""``python -m mpisim.centralized``: one process trains the MLP on the whole training set.
 
-The baseline every paradigm is compared with: same options, same metrics, same checkpoints.
+The baseline every paradigm is compared with: same options, same metrics, same checkpoints, the same
+runtime (:mod:`mpisim.train.runtime`) on one rank without a cluster.
 
     python -m mpisim.centralized                                  # digits, a few seconds
     python -m mpisim.centralized --dataset mnist --data-dir DIR --hidden 512,256,128 --dropout 0.2 \\
@@ -9,41 +10,63 @@ The baseline every paradigm is compared with: same options, same metrics, same c
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .data import DataError
-from .train import CheckpointError, add_training_args, check_training_args, train_centralized
-from .train.checkpoint import checkpoint_path
+import numpy as np
+
+from .data import epoch_permutation
+from .train import gather_batch
+from .train.runtime import Paradigm, Role, Run
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mpisim.centralized",
-                                description="Train the NumPy MLP in one process (the centralized baseline).",
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(p)
-    return p
+class Centralized(Role):
+    """The one rank: every batch of the whole training set, one optimizer step each."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        ds, model, tr = run.ds, run.model, run.train
+        self.title = f"centralized, {ds.name}, {model.describe()}"
+        self.xbuf = np.empty((min(tr.batch_size, ds.num_train), ds.num_features), dtype=model.dtype)
+        run.say(f"centralized: {ds.describe()}")
+        run.say(f"model {model.describe()}; {tr.optimizer} lr {tr.lr:g}, batch {tr.batch_size}, "
+                f"{tr.epochs} epoch{'s' if tr.epochs != 1 else ''}"
+                + (f", resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+
+    def epoch(self, epoch: int) -> dict:
+        run, tr, model, opt = self.run, self.run.train, self.run.model, self.run.opt
+        n, B, steps = run.ds.num_train, tr.batch_size, run.steps
+        model.seed_dropout(epoch)
+        perm = epoch_permutation(n, seed=tr.seed, epoch=epoch)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(steps):
+            idx = perm[i * B:(i + 1) * B]
+            if tr.batchnorm and len(idx) < 2:          # BatchNorm cannot train on one example
+                continue
+            opt.lr = run.lr_at(epoch + i / steps)
+            xb = gather_batch(run.x_train, idx, self.xbuf)
+            with np.errstate(all="ignore"):          # a diverging run is caught just below, once
+                loss, c = model.train_step(xb, run.ds.y_train[idx])
+            run.check_finite(loss, f"at epoch {epoch + 1}, step {i + 1} (lr {opt.lr:g})")
+            opt.step()
+            loss_sum += loss * len(idx)
+            correct += c
+            seen += len(idx)
+        seconds = run.elapsed()
+        return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": opt.lr,
+                "samples_per_s": seen / seconds if seconds > 0 else None}
 
 
-def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    check_training_args(p, args)
-    try:
-        train_centralized(args)
-    except (DataError, CheckpointError, FloatingPointError, OSError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 1
-    except MemoryError:
-        print(f"{p.prog}: error: out of memory for this model and dataset (--hidden {args.hidden}, "
-              f"--batch-size {args.batch_size})", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        saved = args.checkpoint and checkpoint_path(args.checkpoint).exists()
-        print(f"{p.prog}: interrupted" + (f"; the last finished epoch is in {args.checkpoint}, continue with "
-                                          f"--resume" if saved else ""), file=sys.stderr)
-        return 130
-    return 0
+PARADIGM = Paradigm(name="centralized", doc=__doc__, setup=Centralized, cluster=False,
+                    description="Train the NumPy MLP in one process (the centralized baseline).")
+build_parser, main = PARADIGM.build_parser, PARADIGM.main
+
+
+def train_centralized(argv) -> dict:
+    """Train from a command line (a list of strings) in this thread; returns the last record, the model
+    and the summary. Errors are raised, not printed."""
+    from .comm import SimCluster
+    cfg = PARADIGM.parse(argv)
+    return SimCluster(1).run(PARADIGM.run_rank, cfg)[0]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``mpisim.fedavg``: federated averaging (HW "Q4", "Q5"; McMahan et al. 2017, "Communication-Efficient
+"""``mpisim.fedavg``: federated averaging (McMahan et al. 2017, "Communication-Efficient
 Learning of Deep Networks from Decentralized Data").
 
 Rank 0 is the server; K clients (``--clients``) each own a part of the training set and are spread over
@@ -7,8 +7,9 @@ the server samples m = max(1, round(C K)) clients (``--fraction C``), sends each
 trains E local epochs (``--local-epochs``) with batch B (``--local-batch``; ``inf`` = the client's whole
 data, so E=1, B=inf is FedSGD) from a fresh optimizer, and returns its update (local minus global model)
 with its example count. The server averages the updates weighted by the counts and evaluates the model.
-The averaging is the pure function :func:`mpisim.train.federated.weighted_average`; a client whose update
-has the wrong size or non-finite values is rejected with a logged reason, not averaged in.
+How clients are sampled and how updates combine is a strategy composed at start-up
+(:func:`mpisim.train.federated.make_strategy`); a client whose update has the wrong size or non-finite
+values is rejected with a logged reason, not averaged in.
 
 Every rank draws the round's sample from the seed, so no message announces it; the result does not
 depend on the number of ranks (the server receives the updates in client order).
@@ -29,20 +30,19 @@ depend on the number of ranks (the server receives the updates in client order).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
-import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from .data import dirichlet_partition, iid_partition, label_histogram, shard_partition
 from .data.partition import data_rng
-from .train import add_training_args, build_dataset, build_model, build_optimizer, build_schedule, gather_batch
-from .train.distributed import (Formula, Meter, ParadigmError, Reporter, add_cluster_args, check_cluster_args,
-                                comm_report, paradigm_main, stop_here, maybe_fail, paradigm_config, share_resume)
-from .train.federated import (check_update, clip_update, dequantize, gaussian_noise, mask, quantize, sample_clients,
-                              secure_sum, weighted_average, plot_partition)
-from .train.loop import data_fingerprint, save_state
-from .train.options import _int_at_least, check_training_args, prepare_output_file
+from .train import gather_batch
+from .train.distributed import Formula
+from .train.federated import make_strategy, plot_partition
+from .train.options import _int_at_least, prepare_output_file
+from .train.runtime import Paradigm, Payload, Role, Run
 
 PROG = "python -m mpisim.fedavg"
 PARTITIONS = ("iid", "shards", "dirichlet")
@@ -51,6 +51,22 @@ TAG_MODEL, TAG_HEADER, TAG_UPDATE = 301, 302, 303
 HEADER = 5
 OK, FAILED = 0, 1
 BAD_KINDS = ("nan", "size")
+
+
+@dataclass(frozen=True)
+class Options:
+    clients: int = 100                  # K
+    fraction: float = 0.1               # C: m = max(1, round(C K)) clients per round
+    local_epochs: int = 5               # E
+    local_batch: int = 10               # B; 0: the client's whole data (FedSGD with E = 1)
+    partition: str = "iid"              # iid | shards | dirichlet
+    shards_per_client: int = 2
+    alpha: float = 0.5                  # Dirichlet concentration
+    plot_partition: str | None = None
+    secure_agg: bool = False
+    dp_clip: float | None = None
+    dp_noise: float = 0.0
+    bad_client: tuple[int, str] | None = None   # (client, nan | size)
 
 
 def _local_batch(text: str) -> int:
@@ -81,11 +97,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Federated averaging over K clients on N-1 client ranks.",
-                                epilog=__doc__.rsplit("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(p, epochs=30, lr=0.05, optimizer="sgd", unit="round")
-    add_cluster_args(p)
+def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("federated")
     g.add_argument("--clients", type=_int_at_least(1, "a positive integer"), default=100, metavar="K",
                    help="number of clients (default 100)")
@@ -109,245 +121,226 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bad-client", type=_bad_client, default=None, metavar="CLIENT:KIND",
                    help="make CLIENT return a bad update (nan: non-finite values, size: one element short), "
                         "to see the server reject it")
-    return p
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.batchnorm:
+def check(p: argparse.ArgumentParser, train, o: Options) -> None:
+    if train.batchnorm:
         p.error("--batchnorm is not supported by fedavg (averaging running statistics of non-IID clients "
                 "is its own research topic: FedBN); use mpisim.allreduce")
-    check_training_args(p, args)
-    check_cluster_args(p, args)
-    if args.fraction > 1:
-        p.error(f"--fraction must be in (0, 1], got {args.fraction}")
-    if not 0 <= args.dp_noise < float("inf"):
-        p.error(f"--dp-noise must be a finite number >= 0, got {args.dp_noise}")
-    if args.dp_noise and args.dp_clip is None:
+    if o.fraction > 1:
+        p.error(f"--fraction must be in (0, 1], got {o.fraction}")
+    if not 0 <= o.dp_noise < float("inf"):
+        p.error(f"--dp-noise must be a finite number >= 0, got {o.dp_noise}")
+    if o.dp_noise and o.dp_clip is None:
         p.error("--dp-noise needs --dp-clip S (the noise is scaled to the clipping norm)")
-    if args.plot_partition:
-        if not args.plot_partition.lower().endswith(".png"):
-            p.error(f"--plot-partition writes a PNG: give a file name ending in .png, not {args.plot_partition}")
-        import importlib.util
+    if o.plot_partition:
+        if not o.plot_partition.lower().endswith(".png"):
+            p.error(f"--plot-partition writes a PNG: give a file name ending in .png, not {o.plot_partition}")
         if importlib.util.find_spec("matplotlib") is None:
             p.error("--plot-partition needs matplotlib: pip install matplotlib")
-        prepare_output_file(p, "--plot-partition", args.plot_partition)
-    if args.bad_client and args.bad_client[0] >= args.clients:
-        p.error(f"--bad-client {args.bad_client[0]}: clients are 0..{args.clients - 1}")
-    if args.inject_fault and args.inject_fault[2] == "nan":
+        prepare_output_file(p, "--plot-partition", o.plot_partition)
+    if o.bad_client and o.bad_client[0] >= o.clients:
+        p.error(f"--bad-client {o.bad_client[0]}: clients are 0..{o.clients - 1}")
+    if train.inject_fault and train.inject_fault[2] == "nan":
         p.error("--inject-fault ...:nan is for the trainers with one loss per step; for a client with a NaN "
                 "update use --bad-client CLIENT:nan")
-    if args.sim is not None and args.sim < 2:
+    if train.sim is not None and train.sim < 2:
         p.error("fedavg needs at least 2 ranks: the server and one rank of clients (--sim 2 or more)")
 
 
-def make_partition(args: argparse.Namespace, labels: np.ndarray) -> list[np.ndarray]:
+def check_world(train, o: Options, N: int) -> str | None:
+    if N < 2:
+        return (f"fedavg needs at least 2 ranks (the server and one rank of clients), got {N}: "
+                f"mpiexec -n 3 {PROG} or --sim 3")
+    return None
+
+
+def make_partition(o: Options, labels: np.ndarray, seed: int) -> list[np.ndarray]:
     """Every rank computes the same partition from the seed."""
-    if args.partition == "iid":
-        return iid_partition(len(labels), args.clients, seed=args.seed)
-    if args.partition == "shards":
-        return shard_partition(labels, args.clients, shards_per_client=args.shards_per_client, seed=args.seed)
-    return dirichlet_partition(labels, args.clients, alpha=args.alpha, seed=args.seed)
+    if o.partition == "iid":
+        return iid_partition(len(labels), o.clients, seed=seed)
+    if o.partition == "shards":
+        return shard_partition(labels, o.clients, shards_per_client=o.shards_per_client, seed=seed)
+    return dirichlet_partition(labels, o.clients, alpha=o.alpha, seed=seed)
 
 
 def host(client: int, N: int) -> int:
     return 1 + client % (N - 1)
 
 
-# -- a client ----------------------------------------------------------------------------------------------
-def train_client(args, model, opt, lr: float, x, y, part: np.ndarray, rnd: int, c: int, xbuf) -> tuple[float, int, int]:
-    """E local epochs on the client's examples from the current model; returns (loss sum, correct, seen)."""
-    opt.state = {k: np.zeros_like(v) for k, v in opt.state.items()}   # a fresh optimizer every round
-    opt.steps, opt.lr = 0, lr
-    B = len(part) if args.local_batch == 0 else args.local_batch
-    loss_sum, correct, seen = 0.0, 0, 0
-    for e in range(args.local_epochs):
-        order = part[data_rng(args.seed, "client", rnd, c, e).permutation(len(part))]
-        model.seed_dropout(rnd, c, e)
-        for s in range(0, len(order), B):
-            idx = order[s:s + B]
-            xb = gather_batch(x, idx, xbuf)
-            with np.errstate(all="ignore"):
-                loss, k = model.train_step(xb, y[idx])
-            opt.step()
-            loss_sum, correct, seen = loss_sum + loss * len(idx), correct + k, seen + len(idx)
-    return loss_sum, correct, seen
+# -- the roles ---------------------------------------------------------------------------------------------
+class Federated(Role):
+    """What the server and the client ranks share: the partition, the strategy, the closed forms."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        o, tr, ds = run.opts, run.train, run.ds
+        if o.clients > ds.num_train:
+            run.refuse(f"--clients {o.clients} is more than the {ds.num_train} training examples")
+        self.parts = make_partition(o, ds.y_train, tr.seed)
+        self.strategy = make_strategy(num_clients=o.clients, fraction=o.fraction, seed=tr.seed,
+                                      secure_agg=o.secure_agg, dp_clip=o.dp_clip, dp_noise=o.dp_noise)
+        self.m = self.strategy.sampler.per_round()
+        self.title = (f"FedAvg, {o.partition}, K={o.clients}, C={o.fraction:g}, E={o.local_epochs}, {ds.name}")
+
+    def payload(self) -> Payload:
+        """R rounds, m sampled clients each: the model down, the update up (int64 when masked)."""
+        run, o, N = self.run, self.run.opts, self.run.size
+        P, b, R, m = run.model.num_params, run.model.params.itemsize, run.epochs_run, self.m
+        b_up = 8 if o.secure_agg else b
+        down, up = R * m * P * b, R * m * P * b_up
+        up_text = "R·m·8·P (int64 masked)" if o.secure_agg else "R·m·b·P"
+        formulas = {"server": Formula(f"R·m·b·P (receives {up_text})", R * m, down, R * m, up),
+                    "clients": Formula(up_text + " (receive R·m·b·P)", R * m, up, R * m, down)}
+        legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, R = {R} rounds, "
+                  f"m = {m} clients per round, K = {o.clients} clients. Payload: the model to each sampled client, "
+                  f"its update back; control: a {HEADER * 8}-byte header per update")
+        return Payload({"server": [0], "clients": list(range(1, N))}, formulas, legend)
 
 
-def run_clients(t, args, ds, model, opt, parts, sampled, rnd, lr, meter, x, xbuf) -> None:
-    """A client rank: receive the model for each of its sampled clients, train them, send the updates."""
-    mine = [c for c in sampled if host(int(c), t.size) == t.rank]
-    glob = np.empty_like(model.params)
-    for _ in mine:                                    # all models first: the server's sends never wait on us
-        with meter.comm("payload"):
-            t.recv(glob, 0, TAG_MODEL)
-    header = np.zeros(HEADER, dtype=np.float64)
-    for c in mine:
-        c = int(c)
-        model.params[...] = glob
-        with meter.computing():
-            loss_sum, correct, seen = train_client(args, model, opt, lr, x, ds.y_train, parts[c], rnd, c, xbuf)
-            t.compute(model.train_flops(seen))        # virtual time, with --network ...,compute=RATE
-            upd = model.params - glob                                    # the update: local - global
-            n_c = len(parts[c])
-            if args.bad_client and args.bad_client[0] == c:
-                if args.bad_client[1] == "nan":
-                    upd[::7] = np.nan
-                else:
-                    upd = upd[:-1].copy()
-            finite = bool(np.isfinite(upd).all())
-            if args.dp_clip is not None and finite:
-                clip_update(upd, args.dp_clip)
-            if args.secure_agg:
-                if finite:
-                    upd = mask(quantize(upd.astype(np.float64) * (1 if args.dp_clip else n_c)), c, sampled.tolist(),
-                               seed=args.seed, round=rnd)
-                else:
-                    upd = np.zeros(0, dtype=np.int64)                    # cannot be masked: report the failure
-        header[:] = (n_c, upd.size, FAILED if args.secure_agg and not finite else OK, loss_sum, correct)
-        with meter.comm("control"):
-            t.send(header, 0, TAG_HEADER)
-        with meter.comm("payload"):
-            t.send(np.ascontiguousarray(upd), 0, TAG_UPDATE)
+class Server(Federated):
+    """Rank 0: sends the model to each sampled client, checks and aggregates their updates."""
 
-
-# -- the server --------------------------------------------------------------------------------------------
-def serve_round(t, args, model, sampled, rnd: int, meter, say) -> dict:
-    """Send the model to every sampled client, collect and check the updates, average the good ones."""
-    P = model.num_params
-    for c in sampled:
-        with meter.comm("payload"):
-            t.send(model.params, host(int(c), t.size), TAG_MODEL)
-    header = np.zeros(HEADER, dtype=np.float64)
-    updates, counts, rejected = [], [], []
-    loss_sum = correct = seen = 0.0
-    want = np.int64 if args.secure_agg else model.dtype
-    for c in sampled:
-        c = int(c)
-        with meter.comm("control"):
-            t.recv(header, host(c, t.size), TAG_HEADER)
-        n_c, size, status = int(header[0]), int(header[1]), int(header[2])
-        loss_sum, correct, seen = loss_sum + header[3], correct + header[4], seen + max(n_c, 0) * args.local_epochs
-        buf = np.empty(max(size, 0), dtype=want)
-        with meter.comm("payload"):
-            t.recv(buf, host(c, t.size), TAG_UPDATE)                     # received even if rejected: drained
-        reason = None
-        if status == FAILED:
-            reason = "reported a non-finite update (it cannot be masked)"
-        elif n_c <= 0:
-            reason = f"claims {n_c} examples"
-        elif args.secure_agg:
-            reason = None if size == P else f"update has {size:,} elements, expected {P:,}"
-        else:
-            problem = check_update(buf, size=P, dtype=model.dtype)
-            reason = problem and f"update {problem}"
-        if reason:
-            rejected.append({"client": c, "reason": reason})
-            say(f"    round {rnd + 1}: client {c} rejected: {reason}")
-        else:
-            updates.append(buf)
-            counts.append(n_c)
-    with meter.computing():
-        if args.secure_agg and rejected:
-            say(f"    round {rnd + 1}: secure aggregation cannot unmask the sum without every sampled client; "
-                f"the model is kept as it was")
-        elif updates:
-            if args.secure_agg:
-                total = dequantize(secure_sum(updates), np.float64)
-                avg = total / (len(updates) if args.dp_clip else sum(counts))
-            elif args.dp_clip is not None:
-                avg = weighted_average(updates, [1] * len(updates)).astype(np.float64)
-            else:
-                avg = weighted_average(updates, counts)
-            if args.dp_clip is not None and args.dp_noise > 0:
-                rng = data_rng(args.seed, "dp-noise", rnd)
-                avg = avg + gaussian_noise(P, args.dp_noise * args.dp_clip / len(updates), rng, np.float64)
-            model.params += avg.astype(model.dtype, copy=False)
-        else:
-            say(f"    round {rnd + 1}: every client was rejected; the model is kept as it was")
-    return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "clients": len(sampled),
-            "accepted": len(updates) if not (args.secure_agg and rejected) else 0, "rejected": rejected}
-
-
-# -- one rank ----------------------------------------------------------------------------------------------
-def run_rank(t, args: argparse.Namespace) -> dict | None:
-    N = t.size
-    if N < 2:
-        raise ParadigmError(f"fedavg needs at least 2 ranks (the server and one rank of clients), got {N}: "
-                            f"mpiexec -n 3 {PROG} or --sim 3")
-    ds = build_dataset(args)
-    if args.clients > ds.num_train:
-        if t.rank == 0:
-            raise ParadigmError(f"--clients {args.clients} is more than the {ds.num_train} training examples")
-        return None
-    parts = make_partition(args, ds.y_train)
-    model = build_model(args, ds)
-    opt = build_optimizer(args, model)
-    lr_at = build_schedule(args)
-    config = paradigm_config(args, N, paradigm="fedavg", data=data_fingerprint(ds))
-    state = share_resume(t, args, model, opt, config)
-    meter = Meter(t)
-    m = len(sample_clients(args.clients, args.fraction, seed=args.seed, round=0))
-    x = ds.x_train.astype(model.dtype, copy=False)
-    biggest = max(len(q) for q in parts)
-    xbuf = np.empty((biggest if args.local_batch == 0 else min(args.local_batch, biggest), ds.num_features),
-                    dtype=model.dtype)
-    rep = Reporter(args, model, state, unit="round") if t.rank == 0 else None
-    if rep:
-        sizes = np.array([len(q) for q in parts])
-        hist = label_histogram(ds.y_train, parts, ds.num_classes)
-        rep.say(f"fedavg: server + {args.clients} clients on {N - 1} rank{'s' if N > 2 else ''} "
-                f"({'simulated' if args.sim else 'MPI'}); {ds.describe()}")
-        rep.say(f"partition {args.partition}: {sizes.min()}..{sizes.max()} examples per client (median "
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        o, tr, ds = run.opts, run.train, run.ds
+        sizes = np.array([len(q) for q in self.parts])
+        hist = label_histogram(ds.y_train, self.parts, ds.num_classes)
+        N = run.size
+        run.say(f"fedavg: server + {o.clients} clients on {N - 1} rank{'s' if N > 2 else ''} ({run.where()}); "
+                f"{ds.describe()}")
+        run.say(f"partition {o.partition}: {sizes.min()}..{sizes.max()} examples per client (median "
                 f"{int(np.median(sizes))}), {np.mean((hist > 0).sum(axis=1)):.1f} classes per client on average")
-        rep.say(f"model {model.describe()}; {m} clients per round (C={args.fraction:g}), E={args.local_epochs}, "
-                f"B={'inf' if args.local_batch == 0 else args.local_batch}, client {args.optimizer} lr {args.lr:g}, "
-                f"{args.epochs} rounds" + (", secure aggregation" if args.secure_agg else "")
-                + (f", DP clip {args.dp_clip:g} noise {args.dp_noise:g}" if args.dp_clip else "")
-                + (f"; resuming after round {state.start_epoch}" if state.start_epoch else ""))
-        if args.plot_partition:
-            plot_partition(hist, args.plot_partition, title=f"{args.partition} partition of {ds.name}, "
-                                                            f"{args.clients} clients")
-            rep.say(f"partition plot written to {args.plot_partition}")
+        run.say(f"model {run.model.describe()}; {self.m} clients per round (C={o.fraction:g}), E={o.local_epochs}, "
+                f"B={'inf' if o.local_batch == 0 else o.local_batch}, client {tr.optimizer} lr {tr.lr:g}, "
+                f"{tr.epochs} rounds" + (", secure aggregation" if o.secure_agg else "")
+                + (f", DP clip {o.dp_clip:g} noise {o.dp_noise:g}" if o.dp_clip else "")
+                + (f"; resuming after round {run.state.start_epoch}" if run.state.start_epoch else ""))
+        if o.plot_partition:
+            plot_partition(hist, o.plot_partition, title=f"{o.partition} partition of {ds.name}, {o.clients} clients")
+            run.say(f"partition plot written to {o.plot_partition}")
 
-    rounds_run = 0
-    for rnd in range(state.start_epoch, args.epochs):
-        if stop_here(args, rnd, rep, unit="round"):
-            break
-        t0 = time.perf_counter()
-        before = meter.snapshot()
-        sampled = sample_clients(args.clients, args.fraction, seed=args.seed, round=rnd)
-        lr = lr_at(rnd)
-        maybe_fail(args, t.rank, rnd + 1, x[:0])
-        if t.rank == 0:
-            values = serve_round(t, args, model, sampled, rnd, meter, rep.say)
-        else:
-            run_clients(t, args, ds, model, opt, parts, sampled, rnd, lr, meter, x, xbuf)
-        rounds_run += 1
-        if rep:
-            now = meter.snapshot()
-            seconds = time.perf_counter() - t0
-            values.update(lr=lr, seconds=seconds, server_payload_bytes=int(now["payload_bytes"] - before["payload_bytes"]),
-                          server_payload_messages=int(now["payload_messages"] - before["payload_messages"]))
-            rep.record(rnd + 1, ds.x_test, ds.y_test, values, x_val=ds.x_val, y_val=ds.y_val,
-                       save=lambda h, r=rnd: save_state(args.checkpoint, model, opt, epoch=r + 1, epochs=args.epochs,
-                                                        config=config, history=h))
+    def epoch(self, rnd: int) -> dict:
+        run, t = self.run, self.run.t
+        sampled = self.strategy.sampler.sample(rnd)
+        run.maybe_fail(rnd + 1, run.x_train[:0])
+        for c in sampled:
+            with run.meter.comm("payload"):
+                t.send(run.model.params, host(int(c), t.size), TAG_MODEL)
+        updates, counts, rejected, sums = self.collect(sampled, rnd)
+        with run.meter.computing():
+            if self.strategy.rule.all_or_nothing and rejected:
+                run.say(f"    round {rnd + 1}: secure aggregation cannot unmask the sum without every sampled "
+                        f"client; the model is kept as it was")
+            elif updates:
+                run.model.params += self.strategy.aggregate(updates, counts, rnd).astype(run.model.dtype, copy=False)
+            else:
+                run.say(f"    round {rnd + 1}: every client was rejected; the model is kept as it was")
+        now = run.meter.snapshot()
+        accepted = 0 if self.strategy.rule.all_or_nothing and rejected else len(updates)
+        return {"loss": sums[0] / max(sums[2], 1), "train_acc": sums[1] / max(sums[2], 1), "clients": len(sampled),
+                "accepted": accepted, "rejected": rejected, "lr": run.lr_at(rnd), "seconds": run.elapsed(),
+                "server_payload_bytes": int(now["payload_bytes"] - run.before["payload_bytes"]),
+                "server_payload_messages": int(now["payload_messages"] - run.before["payload_messages"])}
 
-    P, b = model.num_params, model.params.itemsize
-    b_up = 8 if args.secure_agg else b
-    R = rounds_run
-    down, up = R * m * P * b, R * m * P * b_up
-    up_text = "R·m·8·P (int64 masked)" if args.secure_agg else "R·m·b·P"
-    formulas = {"server": Formula(f"R·m·b·P (receives {up_text})", R * m, down, R * m, up),
-                "clients": Formula(up_text + " (receive R·m·b·P)", R * m, up, R * m, down)}
-    legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, R = {R} rounds, "
-              f"m = {m} clients per round, K = {args.clients} clients. Payload: the model to each sampled client, "
-              f"its update back; control: a {HEADER * 8}-byte header per update")
-    report = comm_report(t, meter, {"server": [0], "clients": list(range(1, N))}, formulas, legend)
-    return rep.finish(report, f"FedAvg, {args.partition}, K={args.clients}, C={args.fraction:g}, E={args.local_epochs}, {ds.name}") if rep else None
+    def collect(self, sampled: np.ndarray, rnd: int):
+        """Each sampled client's header and update, in client order, checked: (updates, counts, rejected,
+        [loss sum, correct, seen])."""
+        run, t, P = self.run, self.run.t, self.run.model.num_params
+        header = np.zeros(HEADER, dtype=np.float64)
+        updates, counts, rejected = [], [], []
+        sums = [0.0, 0.0, 0.0]
+        want = self.strategy.rule.wire_dtype(run.model.dtype)
+        for c in map(int, sampled):
+            with run.meter.comm("control"):
+                t.recv(header, host(c, t.size), TAG_HEADER)
+            n_c, size, status = int(header[0]), int(header[1]), int(header[2])
+            sums = [sums[0] + header[3], sums[1] + header[4], sums[2] + max(n_c, 0) * run.opts.local_epochs]
+            buf = np.empty(max(size, 0), dtype=want)
+            with run.meter.comm("payload"):
+                t.recv(buf, host(c, t.size), TAG_UPDATE)                 # received even if rejected: drained
+            if status == FAILED:
+                reason = "reported a non-finite update (it cannot be masked)"
+            elif n_c <= 0:
+                reason = f"claims {n_c} examples"
+            else:
+                reason = self.strategy.rule.check(buf, P, run.model.dtype)
+            if reason:
+                rejected.append({"client": c, "reason": reason})
+                run.say(f"    round {rnd + 1}: client {c} rejected: {reason}")
+            else:
+                updates.append(buf)
+                counts.append(n_c)
+        return updates, counts, rejected, sums
 
 
-def main(argv=None) -> int:
-    return paradigm_main(PROG, sys.modules[__name__], argv, default_ranks=3)
+class Clients(Federated):
+    """A client rank: trains each of its sampled clients from the global model and sends the update."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        o = run.opts
+        biggest = max(len(q) for q in self.parts)
+        self.xbuf = np.empty((biggest if o.local_batch == 0 else min(o.local_batch, biggest), run.ds.num_features),
+                             dtype=run.model.dtype)
+        self.glob = np.empty_like(run.model.params)
+
+    def epoch(self, rnd: int) -> None:
+        run, t = self.run, self.run.t
+        sampled = self.strategy.sampler.sample(rnd)
+        lr = run.lr_at(rnd)
+        run.maybe_fail(rnd + 1, run.x_train[:0])
+        mine = [int(c) for c in sampled if host(int(c), t.size) == t.rank]
+        for _ in mine:                               # all models first: the server's sends never wait on us
+            with run.meter.comm("payload"):
+                t.recv(self.glob, 0, TAG_MODEL)
+        header = np.zeros(HEADER, dtype=np.float64)
+        for c in mine:
+            with run.meter.computing():
+                loss_sum, correct, msg, ok = self.train_client(c, sampled, rnd, lr)
+            header[:] = (len(self.parts[c]), msg.size, OK if ok or not run.opts.secure_agg else FAILED,
+                         loss_sum, correct)
+            with run.meter.comm("control"):
+                t.send(header, 0, TAG_HEADER)
+            with run.meter.comm("payload"):
+                t.send(np.ascontiguousarray(msg), 0, TAG_UPDATE)
+
+    def train_client(self, c: int, sampled: np.ndarray, rnd: int, lr: float):
+        """E local epochs of client ``c`` from the global model, from a fresh optimizer; returns (loss sum,
+        correct, the message for the server, whether the update could be encoded)."""
+        run, o, model, opt = self.run, self.run.opts, self.run.model, self.run.opt
+        part = self.parts[c]
+        model.params[...] = self.glob
+        opt.reset()
+        opt.lr = lr
+        B = len(part) if o.local_batch == 0 else o.local_batch
+        loss_sum, correct, seen = 0.0, 0, 0
+        for e in range(o.local_epochs):
+            order = part[data_rng(run.train.seed, "client", rnd, c, e).permutation(len(part))]
+            model.seed_dropout(rnd, c, e)
+            for s in range(0, len(order), B):
+                idx = order[s:s + B]
+                xb = gather_batch(run.x_train, idx, self.xbuf)
+                with np.errstate(all="ignore"):
+                    loss, k = model.train_step(xb, run.ds.y_train[idx])
+                opt.step()
+                loss_sum, correct, seen = loss_sum + loss * len(idx), correct + k, seen + len(idx)
+        run.t.compute(model.train_flops(seen))       # virtual time, with --network ...,compute=RATE
+        upd = model.params - self.glob                 # the update: local - global
+        if o.bad_client and o.bad_client[0] == c:
+            if o.bad_client[1] == "nan":
+                upd[::7] = np.nan
+            else:
+                upd = upd[:-1].copy()
+        msg, ok = self.strategy.client_message(upd, len(part), c, sampled, rnd)
+        return loss_sum, correct, msg, ok
+
+
+PARADIGM = Paradigm(name="fedavg", doc=__doc__, setup=lambda run: (Server if run.rank == 0 else Clients)(run),
+                    options=Options, add_args=add_args, check=check, check_world=check_world, default_ranks=3,
+                    unit="round", defaults=dict(epochs=30, lr=0.05, optimizer="sgd"),
+                    description="Federated averaging over K clients on N-1 client ranks.")
+build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``mpisim.paramserver``: a parameter server (HW "Q3"; Li et al. 2014, "Scaling Distributed Machine
+"""``mpisim.paramserver``: a parameter server (Li et al. 2014, "Scaling Distributed Machine
 Learning with the Parameter Server"; Dean et al. 2012, "Large Scale Distributed Deep Networks").
 
 Ranks 0..S-1 are servers and hold the parameters, sharded evenly (server j owns one contiguous range of
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,16 +37,22 @@ from .comm import ANY_SOURCE, ANY_TAG
 from .comm._common import block_offsets
 from .data import distributed_indices, epoch_permutation
 from .nn import make_optimizer
-from .train import add_training_args, build_dataset, build_model, build_optimizer, build_schedule, gather_batch
-from .train.distributed import (Formula, Meter, ParadigmError, Reporter, add_cluster_args, check_cluster_args,
-                                comm_report, paradigm_main, stop_here, maybe_fail, paradigm_config, share_resume)
-from .train.loop import data_fingerprint, save_state
-from .train.options import check_training_args
+from .train import gather_batch
+from .train.distributed import Formula
+from .train.runtime import Paradigm, Payload, Role, Run
 
 PROG = "python -m mpisim.paramserver"
 MODES = ("sync", "async", "ssp")
 TAG_PULL, TAG_PUSH, TAG_PUSH_LAST, TAG_CMD, TAG_EVAL, TAG_STATS, TAG_CKPT, TAG_CLOSED = range(201, 209)
 GO, STOP = 0, 1
+
+
+@dataclass(frozen=True)
+class Options:
+    servers: int = 1                          # server ranks 0..S-1, each owns one shard of the parameters
+    mode: str = "sync"                        # sync | async | ssp
+    staleness: int = 2                        # ssp: steps a worker may run ahead of the slowest
+    straggler: tuple[int, float] | None = None   # (worker rank, slow-down factor)
 
 
 def _straggler(text: str) -> tuple[int, float]:
@@ -59,11 +66,7 @@ def _straggler(text: str) -> tuple[int, float]:
     return rank, factor
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Parameter-server SGD: sync, async or stale-synchronous.",
-                                epilog=__doc__.rsplit("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_args(p)
-    add_cluster_args(p)
+def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parameter server")
     g.add_argument("--servers", type=int, default=1, metavar="S", help="server ranks 0..S-1 (default 1)")
     g.add_argument("--mode", choices=MODES, default="sync", help="(default sync)")
@@ -71,35 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ssp: how many steps a worker may run ahead of the slowest (default 2; 0 = sync)")
     g.add_argument("--straggler", type=_straggler, default=None, metavar="RANK:FACTOR",
                    help="make worker RANK FACTOR times slower, e.g. 3:4")
-    return p
 
 
-def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    check_training_args(p, args)
-    check_cluster_args(p, args)
-    if args.servers < 1:
-        p.error(f"--servers must be at least 1, got {args.servers}")
-    if args.staleness < 0:
-        p.error(f"--staleness must be >= 0, got {args.staleness}")
-    if args.batchnorm:
+def check(p: argparse.ArgumentParser, train, o: Options) -> Options:
+    if o.servers < 1:
+        p.error(f"--servers must be at least 1, got {o.servers}")
+    if o.staleness < 0:
+        p.error(f"--staleness must be >= 0, got {o.staleness}")
+    if train.batchnorm:
         p.error("--batchnorm is not supported by the parameter server: its running statistics would live on "
                 "the workers, not the servers (use mpisim.allreduce)")
-    if args.mode == "ssp" and args.staleness == 0:
-        args.mode = "sync"                       # s = 0 is bulk synchronous, by definition: run it
-    if args.sim is not None and args.sim < args.servers + 1:
-        p.error(f"--sim {args.sim}: {args.servers} server(s) need at least {args.servers + 1} ranks (one worker)")
+    if train.sim is not None and train.sim < o.servers + 1:
+        p.error(f"--sim {train.sim}: {o.servers} server(s) need at least {o.servers + 1} ranks (one worker)")
+    if o.mode == "ssp" and o.staleness == 0:
+        return replace(o, mode="sync")           # s = 0 is bulk synchronous, by definition: run it
+    return o
 
 
-def check_world(args: argparse.Namespace, N: int) -> str | None:
+def check_world(train, o: Options, N: int) -> str | None:
     """Why this rank count cannot run these options, or None."""
     if N < 2:
         return (f"a parameter server needs at least 2 ranks (a server and a worker), got {N}: "
                 f"mpiexec -n 2 {PROG} or --sim 2")
-    if args.servers > N - 1:
-        return f"--servers {args.servers} leaves no worker on {N} ranks: at most {N - 1} servers"
-    if args.straggler and not args.servers <= args.straggler[0] < N:
-        return (f"--straggler {args.straggler[0]}:...: workers are ranks {args.servers}..{N - 1} "
-                f"(ranks 0..{args.servers - 1} are servers)")
+    if o.servers > N - 1:
+        return f"--servers {o.servers} leaves no worker on {N} ranks: at most {N - 1} servers"
+    if o.straggler and not o.servers <= o.straggler[0] < N:
+        return (f"--straggler {o.straggler[0]}:...: workers are ranks {o.servers}..{N - 1} "
+                f"(ranks 0..{o.servers - 1} are servers)")
     return None
 
 
@@ -107,17 +108,17 @@ def check_world(args: argparse.Namespace, N: int) -> str | None:
 class Server:
     """Server j: owns params[lo:hi] and its optimizer state; serves pulls and applies pushes."""
 
-    def __init__(self, t, args, model, full_opt, meter: Meter, lr_at, W: int):
-        self.t, self.args, self.model, self.meter, self.lr_at = t, args, model, meter, lr_at
-        self.S, self.W = args.servers, W
-        offs = block_offsets(model.num_params, self.S)
-        self.lo, self.hi = offs[t.rank], offs[t.rank + 1]
-        self.shard = model.params[self.lo:self.hi]
+    def __init__(self, run: Run, offs: list[int], W: int):
+        self.t, self.opts, self.model, self.meter, self.lr_at = run.t, run.opts, run.model, run.meter, run.lr_at
+        self.S, self.W = self.opts.servers, W
+        self.lo, self.hi = offs[run.rank], offs[run.rank + 1]
+        self.shard = self.model.params[self.lo:self.hi]
         self.grad = np.zeros_like(self.shard)                     # what the optimizer reads
-        self.incoming = np.zeros((W, self.hi - self.lo), dtype=model.dtype)
-        self.opt = make_optimizer(args.optimizer, self.shard, self.grad, lr=args.lr,
-                                  weight_decay=args.weight_decay, momentum=args.momentum)
-        state = full_opt.state_dict()
+        self.incoming = np.zeros((W, self.hi - self.lo), dtype=self.model.dtype)
+        tr = run.train
+        self.opt = make_optimizer(tr.optimizer, self.shard, self.grad, lr=tr.lr, weight_decay=tr.weight_decay,
+                                  momentum=tr.momentum)
+        state = run.opt.state_dict()
         self.opt.load_state_dict({k: (v if k == "steps" else v[self.lo:self.hi]) for k, v in state.items()})
         self.staleness: list[list[int]] = [[] for _ in range(W)]
         self.pushes = np.zeros(W, dtype=np.int64)
@@ -154,7 +155,7 @@ class Server:
         on); the others follow the tag of the worker's push (PUSH: reply, PUSH_LAST: it is done)."""
         W, budget = self.W, self.W * steps
         lead = self.t.rank == 0
-        s = self.args.staleness if self.args.mode == "ssp" else None
+        s = self.opts.staleness if self.opts.mode == "ssp" else None
         version, pulled = 0, np.zeros(W, dtype=np.int64)
         clock = np.zeros(W, dtype=np.int64)                   # pushes of each worker this epoch
         done = np.zeros(W, dtype=bool)
@@ -201,16 +202,16 @@ class Server:
 
 # -- workers -----------------------------------------------------------------------------------------------
 class Worker:
-    def __init__(self, t, args, ds, model, meter: Meter, offs: list[int], W: int):
-        self.t, self.args, self.ds, self.model, self.meter, self.offs = t, args, ds, model, meter, offs
-        self.S, self.W = args.servers, W
-        self.w = t.rank - self.S
-        self.x_train = ds.x_train.astype(model.dtype, copy=False)
-        self.b = max(1, args.batch_size // W)                    # async: this worker's own batch size
-        self.xbuf = np.empty((max(-(-args.batch_size // W), self.b), ds.num_features), dtype=model.dtype)
+    def __init__(self, run: Run, offs: list[int], W: int):
+        self.run, self.t, self.ds, self.model, self.meter, self.offs = run, run.t, run.ds, run.model, run.meter, offs
+        self.S, self.W, self.B, self.seed = run.opts.servers, W, run.train.batch_size, run.train.seed
+        self.w = run.rank - self.S
+        self.b = max(1, self.B // W)                              # async: this worker's own batch size
+        self.xbuf = np.empty((max(-(-self.B // W), self.b), self.ds.num_features), dtype=self.model.dtype)
         self.sums = np.zeros(3, dtype=np.float64)                 # loss sum, correct, seen
         self.steps_done = 0
-        self.slow = args.straggler[1] if args.straggler and args.straggler[0] == t.rank else 1.0
+        straggler = run.opts.straggler
+        self.slow = straggler[1] if straggler and straggler[0] == run.rank else 1.0
         self.stream = np.zeros(0, dtype=np.int64)              # async: what is left of this worker's share
         self.stream_epoch = -1
 
@@ -225,8 +226,8 @@ class Worker:
 
     def compute(self, idx: np.ndarray, scale: float, where: str) -> None:
         t0 = time.perf_counter()
-        xb = gather_batch(self.x_train, idx, self.xbuf)
-        maybe_fail(self.args, self.t.rank, self.steps_done + 1, xb)
+        xb = gather_batch(self.run.x_train, idx, self.xbuf)
+        self.run.maybe_fail(self.steps_done + 1, xb)
         self.model.seed_dropout(self.steps_done, self.t.rank)
         with np.errstate(all="ignore"):
             loss, c = self.model.train_step(xb, self.ds.y_train[idx], scale=scale)
@@ -246,8 +247,8 @@ class Worker:
             self.t.send(self.model.grads[self.offs[j]:self.offs[j + 1]], j, tag)
 
     def sync_epoch(self, epoch: int, steps: int) -> None:
-        n, B = self.ds.num_train, self.args.batch_size
-        perm = epoch_permutation(n, seed=self.args.seed, epoch=epoch)
+        n, B = self.ds.num_train, self.B
+        perm = epoch_permutation(n, seed=self.seed, epoch=epoch)
         for i in range(steps):
             batch = perm[i * B:(i + 1) * B]
             self.pull_all()
@@ -260,7 +261,7 @@ class Worker:
         if len(self.stream) == 0:
             self.stream_epoch += 1
             self.stream = distributed_indices(self.ds.num_train, rank=self.w, world_size=self.W,
-                                              seed=self.args.seed, epoch=self.stream_epoch)
+                                              seed=self.seed, epoch=self.stream_epoch)
         idx, self.stream = self.stream[:self.b], self.stream[self.b:]
         return idx
 
@@ -284,118 +285,109 @@ class Worker:
 
 
 # -- one rank ----------------------------------------------------------------------------------------------
-def run_rank(t, args: argparse.Namespace) -> dict | None:
-    N, S = t.size, args.servers
-    problem = check_world(args, N)
-    if problem:
-        if t.rank == 0:
-            raise ParadigmError(problem)
-        return None                              # rank 0's error ends the job
-    W = N - S
-    ds = build_dataset(args)
-    model = build_model(args, ds)
-    full_opt = build_optimizer(args, model)      # for checkpoints; servers step their shard of it
-    lr_at = build_schedule(args)
-    config = paradigm_config(args, N, paradigm="paramserver", data=data_fingerprint(ds))
-    state = share_resume(t, args, model, full_opt, config)
-    meter = Meter(t)
-    offs = block_offsets(model.num_params, S)
-    role = Server(t, args, model, full_opt, meter, lr_at, W) if t.rank < S else Worker(t, args, ds, model, meter,
-                                                                                       offs, W)
-    rep = Reporter(args, model, state) if t.rank == 0 else None
-    if rep:
-        mode = args.mode + (f", staleness {args.staleness}" if args.mode == "ssp" else "")
-        rep.say(f"paramserver: {S} server{'s' if S > 1 else ''} + {W} worker{'s' if W > 1 else ''} "
-                f"({'simulated' if args.sim else 'MPI'}), {mode}; {ds.describe()}")
-        rep.say(f"model {model.describe()}; {args.optimizer} lr {args.lr:g}, global batch {args.batch_size} "
-                f"(~{args.batch_size / W:g} per worker), {args.epochs} epochs"
-                + (f"; worker rank {args.straggler[0]} is {args.straggler[1]:g}x slower" if args.straggler else "")
-                + (f"; resuming after epoch {state.start_epoch}" if state.start_epoch else ""))
+class ParameterServer(Role):
+    """Ranks 0..S-1 serve a shard each, the others work; at each epoch's end every rank reports to rank 0."""
 
-    steps = -(-ds.num_train // args.batch_size)
-    epochs_run = 0
-    stats = np.zeros(7, dtype=np.float64)
-    closed = np.zeros(1, dtype=np.int64)
-    for epoch in range(state.start_epoch, args.epochs):
-        if stop_here(args, epoch, rep):
-            break
-        t0 = time.perf_counter()
-        before = meter.snapshot()
-        if isinstance(role, Worker):
-            role.sums[:] = 0
-            role.sync_epoch(epoch, steps) if args.mode == "sync" else role.async_epoch(epoch)
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        o, tr, N = run.opts, run.train, run.size
+        S, W = o.servers, N - o.servers
+        self.offs = block_offsets(run.model.num_params, S)
+        self.part = Server(run, self.offs, W) if run.rank < S else Worker(run, self.offs, W)
+        self.stats = np.zeros(7, dtype=np.float64)
+        self.title = f"parameter server ({o.mode}), {S}+{W} ranks, {run.ds.name}"
+        mode = o.mode + (f", staleness {o.staleness}" if o.mode == "ssp" else "")
+        run.say(f"paramserver: {S} server{'s' if S > 1 else ''} + {W} worker{'s' if W > 1 else ''} "
+                f"({run.where()}), {mode}; {run.ds.describe()}")
+        run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
+                f"(~{tr.batch_size / W:g} per worker), {tr.epochs} epochs"
+                + (f"; worker rank {o.straggler[0]} is {o.straggler[1]:g}x slower" if o.straggler else "")
+                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+
+    def epoch(self, epoch: int) -> dict | None:
+        part, sync = self.part, self.run.opts.mode == "sync"
+        if isinstance(part, Worker):
+            part.sums[:] = 0
+            part.sync_epoch(epoch, self.run.steps) if sync else part.async_epoch(epoch)
         else:
-            role.staleness = [[] for _ in range(W)]
-            role.pushes[:] = 0
-            role.sync_epoch(epoch, steps) if args.mode == "sync" else role.async_epoch(epoch, steps)
-        epochs_run += 1
-        # epoch end (control): every rank reports to rank 0; servers send their shard (and optimizer state)
-        now = meter.snapshot()
-        stats[:3] = role.sums if isinstance(role, Worker) else 0
-        stats[3:] = [now[k] - before[k] for k in now]
-        if t.rank != 0:
-            with meter.comm("control"):
-                t.send(stats, 0, TAG_STATS)
-                if isinstance(role, Server):
-                    t.send(role.shard, 0, TAG_EVAL)
-                    if args.checkpoint:
-                        for v in role.opt.state.values():
-                            t.send(v, 0, TAG_CKPT)
-                t.recv(closed, 0, TAG_CLOSED)    # every server is done with the epoch: nothing of the
-            continue                             # next phase can reach a server still in this one
-        total = stats.copy()
-        per_worker = {}
-        with meter.comm("control"):
-            for src in range(1, N):
-                got = np.empty_like(stats)
+            part.staleness = [[] for _ in range(part.W)]
+            part.pushes[:] = 0
+            part.sync_epoch(epoch, self.run.steps) if sync else part.async_epoch(epoch, self.run.steps)
+        now, before = self.run.meter.snapshot(), self.run.before
+        self.stats[:3] = part.sums if isinstance(part, Worker) else 0
+        self.stats[3:] = [now[k] - before[k] for k in now]
+        if self.run.rank != 0:
+            self.report()
+            return None
+        return self.collect()
+
+    def report(self) -> None:
+        """Epoch end on ranks > 0 (control): the figures; a server's shard (and optimizer state)."""
+        t, part = self.run.t, self.part
+        with self.run.meter.comm("control"):
+            t.send(self.stats, 0, TAG_STATS)
+            if isinstance(part, Server):
+                t.send(part.shard, 0, TAG_EVAL)
+                if self.run.train.checkpoint:
+                    for v in part.opt.state.values():
+                        t.send(v, 0, TAG_CKPT)
+            t.recv(np.zeros(1, dtype=np.int64), 0, TAG_CLOSED)   # every server is done with the epoch:
+        # nothing of the next phase can reach a server still in this one
+
+    def collect(self) -> dict:
+        """Epoch end on rank 0: the others' figures, shards and optimizer state; the epoch's record."""
+        run, t, server, offs, S = self.run, self.run.t, self.part, self.offs, self.run.opts.servers
+        total = self.stats.copy()
+        with run.meter.comm("control"):
+            for src in range(1, run.size):
+                got = np.empty_like(self.stats)
                 t.recv(got, src, TAG_STATS)
                 total += got
                 if src < S:
-                    t.recv(model.params[offs[src]:offs[src + 1]], src, TAG_EVAL)
-                    if args.checkpoint:
-                        for k in role.opt.state_names:
-                            t.recv(full_opt.state[k][offs[src]:offs[src + 1]], src, TAG_CKPT)
-            for dst in range(1, N):
-                t.send(closed, dst, TAG_CLOSED)
-        for w in range(W):
-            st = role.staleness[w]
-            per_worker[str(S + w)] = {"pushes": int(role.pushes[w]), "mean": float(np.mean(st)) if st else 0.0,
-                                      "max": int(max(st)) if st else 0}
-        every = [x for st in role.staleness for x in st]
-        seconds = time.perf_counter() - t0
-        values = {"loss": total[0] / max(total[2], 1), "train_acc": total[1] / max(total[2], 1),
-                  "lr": role.opt.lr, "samples_per_s": total[2] / seconds if seconds > 0 else None,
-                  "payload_messages": int(total[3]), "payload_bytes": int(total[4]),
-                  "compute_s": total[5] / N, "comm_s": total[6] / N, "seconds": seconds,
-                  "staleness_mean": float(np.mean(every)) if every else 0.0,
-                  "staleness_max": int(max(every)) if every else 0, "workers": per_worker}
+                    t.recv(run.model.params[offs[src]:offs[src + 1]], src, TAG_EVAL)
+                    if run.train.checkpoint:
+                        for k in server.opt.state_names:
+                            t.recv(run.opt.state[k][offs[src]:offs[src + 1]], src, TAG_CKPT)
+            for dst in range(1, run.size):
+                t.send(np.zeros(1, dtype=np.int64), dst, TAG_CLOSED)
+        per_worker = {str(S + w): {"pushes": int(server.pushes[w]), "mean": float(np.mean(st)) if st else 0.0,
+                                   "max": int(max(st)) if st else 0} for w, st in enumerate(server.staleness)}
+        every = [x for st in server.staleness for x in st]
+        return {**run.figures(total, server.opt.lr), "staleness_mean": float(np.mean(every)) if every else 0.0,
+                "staleness_max": int(max(every)) if every else 0, "workers": per_worker}
 
-        def save(history, e=epoch):
-            for k in role.opt.state_names:
-                full_opt.state[k][offs[0]:offs[1]] = role.opt.state[k]
-            full_opt.steps = role.opt.steps
-            save_state(args.checkpoint, model, full_opt, epoch=e + 1, epochs=args.epochs, config=config,
-                       history=history)
-        rep.record(epoch + 1, ds.x_test, ds.y_test, values, x_val=ds.x_val, y_val=ds.y_val, save=save)
-        if args.mode != "sync" and not args.quiet:
-            rep.say("    pushes (staleness mean/max) by worker rank: " + ", ".join(
-                f"{r}: {v['pushes']} ({v['mean']:.1f}/{v['max']})" for r, v in per_worker.items()))
+    def note(self, record: dict) -> str | None:
+        if self.run.opts.mode == "sync":
+            return None
+        return "    pushes (staleness mean/max) by worker rank: " + ", ".join(
+            f"{r}: {v['pushes']} ({v['mean']:.1f}/{v['max']})" for r, v in record["workers"].items())
 
-    # the table: U = S·W pushes of b·P bytes (in shards), each answered by a pull
-    P, b = model.num_params, model.params.itemsize
-    U = steps * W * epochs_run
-    msgs, nbytes = U * S, U * P * b
-    formulas = {"server": Formula("S·W·b·P (S steps, W = N - servers workers)", msgs, nbytes, msgs, nbytes),
-                "worker": Formula("S·W·b·P", msgs, nbytes, msgs, nbytes)}
-    legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks ({S} server(s), "
-              f"W = {W} workers), S = {steps * epochs_run} steps (sync-equivalent; U = S·W = {U:,} pushes), "
-              f"mode {args.mode}. Payload: pushes and pulls, each split into one message per server")
-    report = comm_report(t, meter, {"server": list(range(S)), "worker": list(range(S, N))}, formulas, legend)
-    return rep.finish(report, f"parameter server ({args.mode}), {S}+{W} ranks, {ds.name}") if rep else None
+    def checkpoint_optimizer(self):
+        """Rank 0 holds the other servers' optimizer state (sent at the epoch's end); its own is copied in."""
+        full, server, offs = self.run.opt, self.part, self.offs
+        for k in server.opt.state_names:
+            full.state[k][offs[0]:offs[1]] = server.opt.state[k]
+        full.steps = server.opt.steps
+        return full
+
+    def payload(self) -> Payload:
+        """U = S·W pushes of b·P bytes (in shards), each answered by a pull."""
+        run, S, N = self.run, self.run.opts.servers, self.run.size
+        W, P, b = N - S, run.model.num_params, run.model.params.itemsize
+        U = run.steps * W * run.epochs_run
+        msgs, nbytes = U * S, U * P * b
+        formulas = {"server": Formula("S·W·b·P (S steps, W = N - servers workers)", msgs, nbytes, msgs, nbytes),
+                    "worker": Formula("S·W·b·P", msgs, nbytes, msgs, nbytes)}
+        legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks ({S} server(s), "
+                  f"W = {W} workers), S = {run.steps * run.epochs_run} steps (sync-equivalent; U = S·W = {U:,} "
+                  f"pushes), mode {run.opts.mode}. Payload: pushes and pulls, each split into one message per server")
+        return Payload({"server": list(range(S)), "worker": list(range(S, N))}, formulas, legend)
 
 
-def main(argv=None) -> int:
-    return paradigm_main(PROG, sys.modules[__name__], argv, default_ranks=4)
+PARADIGM = Paradigm(name="paramserver", doc=__doc__, setup=ParameterServer, options=Options, add_args=add_args,
+                    check=check, check_world=check_world,
+                    description="Parameter-server SGD: sync, async or stale-synchronous.")
+build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 
 if __name__ == "__main__":

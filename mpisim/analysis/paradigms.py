@@ -52,12 +52,10 @@ def run_paradigm(name: str, ranks: int, net: Network) -> ParadigmRun:
     if "contention" in name:
         net = replace(net, contention=True)
     argv = [*_SMALL, *opts, "--sim", str(ranks), "--network", net.spec()]
-    parser = mod.build_parser()
-    args = parser.parse_args(argv)
-    mod.check_args(parser, args)
+    cfg = mod.PARADIGM.parse(argv)
     cluster = SimCluster(ranks, network=net)
     t0 = time.perf_counter()
-    res = cluster.run(mod.run_rank, args)
+    res = cluster.run(mod.PARADIGM.run_rank, cfg)
     wall = time.perf_counter() - t0
     vtime = max(t.vtime for t in cluster.transports)
     command = f"python -m {module} " + " ".join(argv)

@@ -36,6 +36,12 @@ class Optimizer:
     def step(self) -> None:
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Forget the state (moments and step count), as a freshly made optimizer; lr stays."""
+        for v in self.state.values():
+            v[...] = 0
+        self.steps = 0
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """The state as arrays (copies): step count and each flat moment vector."""
         return {"steps": np.array(self.steps, dtype=np.int64), **{k: v.copy() for k, v in self.state.items()}}

@@ -1,7 +1,7 @@
 """What every distributed paradigm shares: the launch (MPI or ``--sim N``), failure handling, resuming
 from a checkpoint on rank 0, and the communication ledger with its table.
 
-* :func:`launch` runs ``body(transport, args)`` on every rank: under ``mpiexec`` one process per rank
+* :func:`launch` runs ``body(transport, *args)`` on every rank: under ``mpiexec`` one process per rank
   (mpi4py), or with ``--sim N`` on N simulated ranks (threads of this process). Same code, other
   transport. An error on any rank ends the whole job with exit status 1 and a message naming the rank
   (``MPI_Abort`` under MPI, the simulated cluster's abort otherwise): nothing waits forever.
@@ -10,6 +10,8 @@ from a checkpoint on rank 0, and the communication ledger with its table.
   seconds of computation and communication.
 * :func:`comm_report` gathers the ledgers on rank 0 (after the run, uncounted) and prints them per
   role next to the closed forms, with a column saying whether measured and formula agree.
+
+:mod:`mpisim.train.runtime` builds the paradigms' common run from these pieces.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -28,13 +30,13 @@ from ..comm import CommError, CommTimeout, DeadlockError, RankError, SimCluster,
 from ..comm.network import PRESETS, TICK, Network, parse_network
 from ..data import DataError
 from ..nn import MLP, Optimizer, flush_denormals
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, checkpoint_path
 from .loop import RunState, restore_state
-from .options import _int_at_least, run_config
+from .options import TrainOptions, _int_at_least
 
-__all__ = ["add_cluster_args", "check_cluster_args", "launch", "Meter", "comm_report", "Formula",
-           "share_resume", "paradigm_config", "ParadigmError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
-           "default_to_sim", "under_mpiexec", "paradigm_main", "stop_here"]
+__all__ = ["add_cluster_args", "check_cluster_args", "launch", "Meter", "comm_report", "CommReport", "Formula",
+           "share_resume", "ParadigmError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
+           "default_to_sim", "under_mpiexec", "stop_here"]
 
 
 class ParadigmError(RuntimeError):
@@ -85,7 +87,7 @@ def _fault(text: str) -> tuple[int, int, str]:
     return rank, step, kind
 
 
-def maybe_fail(args: argparse.Namespace, rank: int, step: int, x: np.ndarray) -> None:
+def maybe_fail(args: TrainOptions, rank: int, step: int, x: np.ndarray) -> None:
     """Carry out ``--inject-fault`` if it names this rank and step (``step`` counts from 1)."""
     if args.inject_fault is None or args.inject_fault[:2] != (rank, step):
         return
@@ -108,15 +110,6 @@ def check_cluster_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         p.error("--inject-fault ...:kill kills a process: run under mpiexec, not --sim (simulated ranks share one)")
 
 
-def paradigm_config(args: argparse.Namespace, ranks: int, **extra) -> dict:
-    """The run's defining options for checkpoints: those of :func:`run_config`, without how the job
-    was launched, with the rank count (a resume must use the same)."""
-    cfg = run_config(args, ranks=ranks, **extra)
-    for k in LAUNCH_OPTIONS:
-        cfg.pop(k, None)
-    return cfg
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory"
@@ -125,59 +118,71 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def launch(prog: str, args: argparse.Namespace, body: Callable[[Any, argparse.Namespace], Any]) -> int:
-    """Run ``body(transport, args)`` on every rank; return the exit status for this process.
+def launch(prog: str, train: TrainOptions, body: Callable[..., Any], *args: Any, local: bool = False) -> int:
+    """Run ``body(transport, *args)`` on every rank; return the exit status for this process.
 
-    0: done. 1: an error on some rank (named in the message). 130: interrupted (Ctrl-C).
+    ``train.sim`` ranks simulated in this process, else this process's MPI rank; ``local``: one process
+    without a cluster (its errors name no rank). 0: done. 1: an error on some rank (named in the
+    message). 130: interrupted (Ctrl-C).
     """
-    if args.sim:
-        return _launch_sim(prog, args, body)
+    if train.sim or local:
+        return _launch_sim(prog, train, body, args, local)
     from ..comm import mpi_transport
     t = mpi_transport()          # an uncaught exception on any rank aborts the job, naming the rank
     try:
-        _with_ftz(t, body, args)
+        _with_ftz(t, body, *args)
     except EXPECTED_ERRORS as e:
         print(f"{prog}: error: rank {t.rank} of {t.size}: {_describe(e)}", file=sys.stderr, flush=True)
         if t.size > 1:
             t.abort(1)           # the other ranks may be waiting for this one: end them all
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted on rank {t.rank}", file=sys.stderr, flush=True)
+        _interrupted(prog, train, f" on rank {t.rank}")
         if t.size > 1:
             t.abort(130)
         return 130
     return 0
 
 
-def _with_ftz(t, body, args):
+def _interrupted(prog: str, train: TrainOptions, where: str = "") -> None:
+    saved = train.checkpoint and checkpoint_path(train.checkpoint).exists()
+    print(f"{prog}: interrupted{where}" + (f"; the last finished epoch is in {train.checkpoint}, continue with "
+                                           f"--resume" if saved else ""), file=sys.stderr, flush=True)
+
+
+def _with_ftz(t, body, *args):
     was_on = flush_denormals()   # per thread: subnormal floats would slow long runs several-fold
     try:
-        return body(t, args)
+        return body(t, *args)
     finally:
         if was_on is False:
             flush_denormals(False)   # a rank run on the caller's thread leaves it as it was
 
 
-def _launch_sim(prog: str, args: argparse.Namespace, body) -> int:
-    cluster = SimCluster(args.sim, timeout=args.sim_timeout, network=args.network)
+def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) -> int:
+    cluster = SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network)
     try:
-        cluster.run(_with_ftz, body, args)
+        cluster.run(_with_ftz, body, *args)
     except RankError as e:
+        if isinstance(e.exc, KeyboardInterrupt):     # one rank runs on this thread
+            _interrupted(prog, train)
+            return 130
         if not isinstance(e.exc, EXPECTED_ERRORS):
             traceback.print_exception(type(e.exc), e.exc, e.exc.__traceback__, file=sys.stderr)
-        print(f"{prog}: error: rank {e.rank} of {e.size} failed: {_describe(e.exc)}", file=sys.stderr, flush=True)
+        where = "" if local else f"rank {e.rank} of {e.size} failed: "
+        print(f"{prog}: error: {where}{_describe(e.exc)}", file=sys.stderr, flush=True)
         return 1
     except (DeadlockError, CommTimeout) as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        _interrupted(prog, train)
         return 130
     return 0
 
 
 # -- resuming ------------------------------------------------------------------------------------------
-def share_resume(t, args: argparse.Namespace, model: MLP, opt: Optimizer | None, config: dict) -> RunState:
+def share_resume(t, args: TrainOptions, model: MLP, opt: Optimizer | None, config: dict) -> RunState:
     """Rank 0 restores ``--checkpoint`` (if resuming) and broadcasts parameters, BatchNorm buffers,
     optimizer state and the epoch to every rank; other ranks get the history-free :class:`RunState`.
 
@@ -244,6 +249,15 @@ class Meter:
                 "compute_s": self.compute, "comm_s": self.comm_seconds()}
 
 
+class CommReport(NamedTuple):
+    """The closing table, whether every payload agrees with its formula, the payload bytes all ranks
+    sent, and whether any role has a formula."""
+    text: str
+    agrees: bool
+    payload_bytes: int
+    has_formula: bool
+
+
 @dataclass
 class Formula:
     """The closed form of one role's payload: text and value of messages and bytes sent and received,
@@ -256,9 +270,9 @@ class Formula:
 
 
 def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str, Formula | None],
-                legend: str, categories: tuple[str, ...] = ("payload", "control")) -> tuple[str, bool] | None:
-    """Gather every rank's ledger on rank 0 (these messages are not counted) and return (the table,
-    whether every payload agrees with its formula) there; None on other ranks."""
+                legend: str, categories: tuple[str, ...] = ("payload", "control")) -> CommReport | None:
+    """Gather every rank's ledger on rank 0 (these messages are not counted) and return the table with
+    its verdict there (:class:`CommReport`); None on other ranks."""
     vec = np.zeros(len(categories) * len(_FIELDS) + 2, dtype=np.float64)
     for i, c in enumerate(categories):
         if c in meter.by:
@@ -275,6 +289,7 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
             + "  formula (bytes sent)")
     lines = [legend, head, "-" * len(head)]
     all_ok = True
+    payload_bytes = int(allv[:, categories.index("payload") * len(_FIELDS) + 1].sum()) if "payload" in categories else 0
     for role, ranks in roles.items():
         if not ranks:
             continue
@@ -301,7 +316,7 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
                  "(waiting included)")
     if net is not None:
         lines.append(f"virtual s: the latest virtual finish time among the role's ranks, network {net}")
-    return "\n".join(lines), all_ok
+    return CommReport("\n".join(lines), all_ok, payload_bytes, any(f is not None for f in formulas.values()))
 
 
 # -- rank 0's side of a run: evaluate, print, log, checkpoint, plot ------------------------------------
@@ -310,20 +325,21 @@ def under_mpiexec() -> bool:
     return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_FD"))
 
 
-def default_to_sim(args: argparse.Namespace, n: int, prog: str) -> None:
+def default_to_sim(train: TrainOptions, n: int, prog: str) -> TrainOptions:
     """Not started by mpiexec and no --sim: run on ``n`` simulated ranks (and say so)."""
-    if args.sim is None and not under_mpiexec():
-        args.sim = n
-        if not args.quiet:
-            print(f"{prog}: not started by mpiexec, so running on {n} simulated ranks (--sim {n}); "
-                  f"use 'mpiexec -n N {prog}' for real processes", flush=True)
+    if train.sim is not None or under_mpiexec():
+        return train
+    if not train.quiet:
+        print(f"{prog}: not started by mpiexec, so running on {n} simulated ranks (--sim {n}); "
+              f"use 'mpiexec -n N {prog}' for real processes", flush=True)
+    return replace(train, sim=n)
 
 
 class Reporter:
     """Rank 0's bookkeeping of a distributed run, the same as the centralized trainer's: one progress
     line and one metrics record per epoch (or round), a checkpoint after each, the curves at the end."""
 
-    def __init__(self, args: argparse.Namespace, model: MLP, state: RunState, *, unit: str = "epoch",
+    def __init__(self, args: TrainOptions, model: MLP, state: RunState, *, unit: str = "epoch",
                  out=None) -> None:
         from .metrics import MetricsLog
         self.args, self.model, self.unit = args, model, unit
@@ -335,14 +351,16 @@ class Reporter:
             print(text, file=self.out, flush=True)
 
     def record(self, index: int, x_eval, y_eval, values: dict, *, save: Callable[[list[dict]], None] | None,
-               x_val=None, y_val=None) -> dict:
-        """Evaluate the model on the test (and validation) set, log, print, checkpoint (``save(history)``).
-        ``values`` holds the paradigm's figures, ``seconds`` (the epoch's training time) among them."""
+               x_val=None, y_val=None, model: MLP | None = None) -> dict:
+        """Evaluate the model (or ``model``) on the test (and validation) set, log, print, checkpoint
+        (``save(history)``). ``values`` holds the paradigm's figures, ``seconds`` (the epoch's training
+        time) among them."""
         from .metrics import progress_line
+        model = model or self.model
         rec = {self.unit: index, **values}
-        rec["test_loss"], rec["test_acc"] = self.model.evaluate(x_eval, y_eval)
+        rec["test_loss"], rec["test_acc"] = model.evaluate(x_eval, y_eval)
         if x_val is not None:
-            rec["val_loss"], rec["val_acc"] = self.model.evaluate(x_val, y_val)
+            rec["val_loss"], rec["val_acc"] = model.evaluate(x_val, y_val)
         self.log.add(rec)
         line = progress_line(rec, self.args.epochs, self.unit)
         if rec.get("comm_s") is not None:
@@ -352,32 +370,26 @@ class Reporter:
             save(self.log.records)
         return rec
 
-    def finish(self, report: tuple[str, bool], title: str, **extra) -> dict:
-        """Print the communication table, draw the curves; return the last record with ``extra`` and
-        ``comm_agrees`` (what a test or a script wants from rank 0)."""
+    def finish(self, report: CommReport | None, title: str, **extra) -> dict:
+        """Print the communication table (if any), draw the curves; return the last record with ``extra``
+        and ``comm_agrees`` (what a test or a script wants from rank 0)."""
         from .metrics import plot_curves
-        self.say("\n" + report[0])
+        if report is not None:
+            self.say("\n" + report.text)
         if self.args.plot and self.log.records:
             plot_curves(self.log.records, self.args.plot, title=title, unit=self.unit)
             self.say(f"plot written to {self.args.plot}")
         last = dict(self.log.records[-1]) if self.log.records else {}
-        last.update(model=self.model, comm_agrees=report[1], comm_table=report[0], **extra)
+        last.update(model=self.model, comm_agrees=report and report.agrees, comm_table=report and report.text,
+                    **extra)
         return last
 
 
-def stop_here(args: argparse.Namespace, index: int, rep: "Reporter | None", unit: str = "epoch") -> bool:
+def stop_here(args: TrainOptions, index: int, rep: "Reporter | None", unit: str = "epoch") -> bool:
     """True (and rank 0 says why) when ``--stop-after`` says to stop before epoch/round ``index``."""
     if args.stop_after is None or index < args.stop_after:
         return False
     if rep:
-        rep.say(f"stopping after {unit} {index} as asked (--stop-after {args.stop_after})")
+        rep.say(f"stopping after {unit} {index} as asked (--stop-after {args.stop_after})"
+                + ("; continue with --resume" if args.checkpoint else "; nothing saved (no --checkpoint)"))
     return True
-
-
-def paradigm_main(prog: str, module, argv, default_ranks: int) -> int:
-    """A paradigm's ``main``: parse and check its options, then :func:`launch` its ``run_rank``."""
-    p = module.build_parser()
-    args = p.parse_args(argv)
-    module.check_args(p, args)
-    default_to_sim(args, default_ranks, prog)
-    return launch(prog, args, module.run_rank)

@@ -8,7 +8,11 @@
   Aggregation for Privacy-Preserving Machine Learning": updates are quantized to fixed point and
   masked in the integers mod 2**64, where the masks cancel exactly (float masks cannot).
 
-A paradigm (``mpisim/fedavg.py``) moves the bytes; everything here is tested on its own.
+Strategies (Flower's split of configure and aggregate from the runtime that moves the bytes) are
+objects composed once at start-up by :func:`make_strategy`: a :class:`ClientSampler` picks each round's
+clients, an aggregation rule (:class:`WeightedAverage` or :class:`SecureAggregation`) says how a client
+encodes its update and how the server combines them, and :class:`DifferentialPrivacy` clips updates and
+noises the average. A paradigm (``mpisim/fedavg.py``) moves the bytes; everything here is tested on its own.
 """
 from __future__ import annotations
 
@@ -17,14 +21,16 @@ import math
 import numbers
 import os
 import zlib
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 
 from ..data.partition import data_rng
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["FIXED_POINT_BITS", "check_update", "clip_update", "dequantize", "gaussian_noise",
+__all__ = ["FIXED_POINT_BITS", "ClientSampler", "DifferentialPrivacy", "SecureAggregation", "Strategy",
+           "WeightedAverage", "check_update", "clip_update", "dequantize", "gaussian_noise", "make_strategy",
            "mask", "num_clients_per_round", "pair_seed", "plot_partition", "quantize",
            "sample_clients", "secure_sum", "weighted_average"]
 
@@ -228,6 +234,130 @@ def secure_sum(masked: Sequence[np.ndarray]) -> np.ndarray:
             raise ValueError(f"masked[{k}] is {m.shape} {m.dtype}, expected {first.shape} int64")
         total += m.view(np.uint64)
     return total.view(np.int64)
+
+
+# ---- strategies: objects composed at start-up ------------------------------------------------
+
+@dataclass(frozen=True)
+class ClientSampler:
+    """Each round's clients: :func:`sample_clients` of ``fraction`` of ``num_clients`` (no message needed)."""
+    num_clients: int
+    fraction: float
+    seed: int
+
+    def per_round(self) -> int:
+        return num_clients_per_round(self.num_clients, self.fraction)
+
+    def sample(self, round: int) -> np.ndarray:
+        return sample_clients(self.num_clients, self.fraction, seed=self.seed, round=round)
+
+
+@dataclass(frozen=True)
+class WeightedAverage:
+    """FedAvg's rule: the updates averaged with weights n_k (their example counts), or with equal weights
+    (``equal``, as DP-FedAvg does, so that no client's weight depends on its data)."""
+    equal: bool = False
+    all_or_nothing = False          # a rejected update leaves the others' average intact
+
+    def weight(self, num_examples: int) -> int:
+        return 1 if self.equal else num_examples
+
+    def wire_dtype(self, dtype) -> np.dtype:
+        return np.dtype(dtype)
+
+    def encode(self, update: np.ndarray, num_examples: int, client: int, sampled, round: int) -> np.ndarray:
+        return update
+
+    def check(self, received: np.ndarray, size: int, dtype) -> str | None:
+        problem = check_update(received, size=size, dtype=dtype)
+        return problem and f"update {problem}"
+
+    def combine(self, updates: Sequence[np.ndarray], counts: Sequence[int], round: int) -> np.ndarray:
+        """The average in float64."""
+        return weighted_average(updates, [self.weight(n) for n in counts]).astype(np.float64)
+
+    def describe(self) -> str:
+        return "equal-weight average" if self.equal else "example-weighted average"
+
+
+@dataclass(frozen=True)
+class SecureAggregation(WeightedAverage):
+    """Pairwise-masked secure aggregation (Bonawitz et al. 2017): each client sends
+    mask(quantize(weight * update)) as int64; the server learns only the weighted sum, and only when every
+    sampled client's vector is there (the masks cancel only together)."""
+    seed: int = 0
+    all_or_nothing = True
+
+    def wire_dtype(self, dtype) -> np.dtype:
+        return np.dtype(np.int64)
+
+    def encode(self, update, num_examples, client, sampled, round):
+        q = quantize(update.astype(np.float64) * self.weight(num_examples))
+        return mask(q, client, list(sampled), seed=self.seed, round=round)
+
+    def check(self, received, size, dtype):
+        return None if received.size == size else f"update has {received.size:,} elements, expected {size:,}"
+
+    def combine(self, updates, counts, round):
+        return dequantize(secure_sum(updates), np.float64) / sum(self.weight(n) for n in counts)
+
+    def describe(self) -> str:
+        return "secure aggregation of the " + super().describe()
+
+
+@dataclass(frozen=True)
+class DifferentialPrivacy:
+    """DP-FedAvg (McMahan et al. 2018): every update clipped to L2 norm ``clip`` by its client; Gaussian
+    noise of std ``noise`` * ``clip`` / m added to the average of the m accepted updates."""
+    clip: float
+    noise: float
+    seed: int
+
+    def privatize(self, update: np.ndarray) -> None:
+        clip_update(update, self.clip)
+
+    def add_noise(self, average: np.ndarray, accepted: int, round: int) -> np.ndarray:
+        if self.noise <= 0:
+            return average
+        rng = data_rng(self.seed, "dp-noise", round)
+        return average + gaussian_noise(average.size, self.noise * self.clip / accepted, rng, np.float64)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """Who takes part (``sampler``), how updates travel and combine (``rule``), and DP (``privacy``)."""
+    sampler: ClientSampler
+    rule: Union[WeightedAverage, SecureAggregation]
+    privacy: DifferentialPrivacy | None = None
+
+    def client_message(self, update: np.ndarray, num_examples: int, client: int, sampled,
+                       round: int) -> tuple[np.ndarray, bool]:
+        """What a client sends for ``update``, and whether it could be encoded (a non-finite update is
+        sent as it is for the server to reject, or, when it cannot be masked, as nothing)."""
+        finite = bool(np.isfinite(update).all())
+        if not finite:
+            return (np.zeros(0, dtype=np.int64) if self.rule.all_or_nothing else update), False
+        if self.privacy:
+            self.privacy.privatize(update)
+        return self.rule.encode(update, num_examples, client, sampled, round), True
+
+    def aggregate(self, updates: Sequence[np.ndarray], counts: Sequence[int], round: int) -> np.ndarray:
+        """The update to add to the global model, in float64."""
+        avg = self.rule.combine(updates, counts, round)
+        return self.privacy.add_noise(avg, len(updates), round) if self.privacy else avg
+
+    def describe(self) -> str:
+        return self.rule.describe() + (f", DP clip {self.privacy.clip:g} noise {self.privacy.noise:g}"
+                                       if self.privacy else "")
+
+
+def make_strategy(*, num_clients: int, fraction: float, seed: int, secure_agg: bool = False,
+                  dp_clip: float | None = None, dp_noise: float = 0.0) -> Strategy:
+    """FedAvg's strategy from its options: DP averages with equal weights; secure aggregation masks."""
+    equal = dp_clip is not None
+    rule = SecureAggregation(equal=equal, seed=seed) if secure_agg else WeightedAverage(equal=equal)
+    privacy = DifferentialPrivacy(dp_clip, dp_noise, seed) if dp_clip is not None else None
+    return Strategy(ClientSampler(num_clients, fraction, seed), rule, privacy)
 
 
 # ---- a look at the split --------------------------------------------------------------------

@@ -7,18 +7,22 @@ that defines a run, saved in checkpoints and compared on ``--resume``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
+import json
 import os
+from dataclasses import dataclass
 
 from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
 from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
 
-__all__ = ["add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES"]
+__all__ = ["add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
+           "TrainOptions", "options_from"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
-                     "download", "device", "matmul_backend")
+                     "download", "device", "matmul_backend", "inject_fault")
 
 
 def _int_at_least(minimum: int, what: str):
@@ -188,9 +192,66 @@ def _check_creatable(p: argparse.ArgumentParser, option: str, directory: str) ->
         p.error(f"{option}: cannot write in {existing}")
 
 
-def run_config(args: argparse.Namespace, **extra) -> dict:
-    """The options that define a run (JSON-able), for checkpoints and for the metrics file."""
-    skip = set(RESUMABLE_CHANGES)
-    cfg = {k: v for k, v in sorted(vars(args).items()) if k not in skip and not k.startswith("_")}
+@dataclass(frozen=True)
+class TrainOptions:
+    """The options every trainer shares, parsed once (see :func:`add_training_args` for each one's
+    meaning and default); a paradigm's own options are a frozen dataclass of its own."""
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    val_fraction: float = 0.0
+    synthetic_size: int = 10000
+    synthetic_features: int = 64
+    # model
+    hidden: list = dataclasses.field(default_factory=lambda: [128, 64])
+    activation: str = "relu"
+    dropout: float = 0.0
+    batchnorm: bool = False
+    init: str = "auto"
+    dtype: str = "float32"
+    device: str = "cpu"
+    matmul_backend: str = "auto"
+    # optimization
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    step_size: int = 3
+    gamma: float = 0.5
+    warmup: float = 0.0
+    epochs: int = 10               # or rounds, for federated paradigms
+    batch_size: int | None = 64    # None where the paradigm's clients choose their own batches
+    seed: int = 0
+    # output
+    metrics: str | None = None
+    plot: str | None = None
+    checkpoint: str | None = None
+    resume: bool = False
+    stop_after: int | None = None
+    quiet: bool = False
+    # cluster (absent from the centralized trainer)
+    sim: int | None = None
+    sim_timeout: float = 120.0
+    network: object = None         # a mpisim.comm.network.Network, or None
+    inject_fault: tuple | None = None
+
+
+def options_from(cls, args: argparse.Namespace):
+    """An instance of the dataclass ``cls`` from the same-named attributes of ``args`` (fields the
+    parser does not have keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def run_config(*options, exclude: tuple[str, ...] = (), **extra) -> dict:
+    """The options that define a run (JSON-able: as a checkpoint stores them), for checkpoints and
+    for the metrics file: the fields of the option dataclasses (or Namespaces), less those that may
+    change on a resume, plus ``extra``."""
+    skip = {*RESUMABLE_CHANGES, *exclude}
+    cfg = {}
+    for o in options:
+        items = dataclasses.asdict(o) if dataclasses.is_dataclass(o) else vars(o)
+        cfg.update({k: v for k, v in items.items() if k not in skip and not k.startswith("_")})
     cfg.update(extra)
-    return cfg
+    return json.loads(json.dumps(dict(sorted(cfg.items())), default=str))

@@ -114,5 +114,5 @@ def test_batch_smaller_than_ranks_still_matches():
 
 
 def test_defaults():
-    args = parse(ar, ["--sim", "2"])
-    assert args.algorithm == "auto" and args.bucket_mb == 0 and not args.overlap
+    o = parse(ar, ["--sim", "2"]).opts
+    assert o.algorithm == "auto" and o.bucket_mb == 0 and not o.overlap

@@ -27,7 +27,8 @@ def test_default_run_on_digits_learns(tmp_path, capsys):
     metrics = tmp_path / "m.jsonl"
     assert run("--metrics", metrics) == 0
     out = capsys.readouterr().out
-    assert out.count("epoch ") == 10 and "digits: 1437 train / 360 test" in out
+    assert [ln.split("/")[0] for ln in out.splitlines() if ln.startswith("epoch ")] == [f"epoch {k:>2}" for k in range(1, 11)]
+    assert "digits: 1437 train / 360 test" in out and "summary: test accuracy" in out
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(1, 11))
     for r in records:

@@ -1,0 +1,298 @@
+"""The paradigm runtime: everything the ways of training share, written once.
+
+A paradigm is one small module that declares a :class:`Paradigm` and supplies only:
+
+* **its options**: a frozen dataclass (``options``), declared on the command line by ``add_args(parser)``
+  and checked by ``check(parser, train, opts)`` (usage errors, exit 2; it may return a corrected copy).
+  The runtime builds :class:`~mpisim.train.options.TrainOptions` and the paradigm's dataclass once from
+  argparse: no domain code sees the Namespace. ``check_world(train, opts, N)`` says why a rank count
+  cannot run, before anything is built.
+* **its roles**: ``setup(run)`` returns this rank's :class:`Role`, given the built :class:`Run`
+  (transport, options, dataset, model, optimizer, schedule, resumed state, ledger, rank 0's reporter).
+  ``Role.epoch(i)`` does one epoch (or round) of work and returns rank 0's figures for the record
+  (``None`` on the other ranks); :meth:`Run.totals` and :meth:`Run.figures` sum the usual ones.
+* **its payload formulas**: ``Role.payload()`` gives each role's ranks and the closed form of what it
+  sends and receives, for the closing table.
+
+The runtime owns the rest: the launch (``--sim N`` or ``mpiexec``; the centralized trainer is the
+one-rank case, without cluster options), building the data, model, optimizer and schedule, resuming
+from a checkpoint on rank 0 and broadcasting it, the epoch/round loop with ``--stop-after`` and a
+checkpoint after each, metrics, progress lines and plots, fault injection (:meth:`Run.maybe_fail`), the
+communication ledger and the closing table with its formula check, and a closing one-line summary.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from ..comm import allreduce
+from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, add_cluster_args,
+                          check_cluster_args, comm_report, default_to_sim, launch, maybe_fail, share_resume,
+                          stop_here)
+from .loop import build_dataset, build_model, build_optimizer, build_schedule, data_fingerprint, save_state
+from .options import TrainOptions, add_training_args, check_training_args, options_from, run_config
+
+__all__ = ["Config", "NoOptions", "Paradigm", "Payload", "Role", "Run", "summary_line"]
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a paradigm that has none of its own."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """A parsed command line: the shared options and the paradigm's own."""
+    train: TrainOptions
+    opts: Any
+
+
+@dataclass
+class Payload:
+    """Each role's ranks and the closed form of its payload, for the closing table."""
+    roles: dict[str, list[int]]
+    formulas: dict[str, Formula | None]
+    legend: str
+    categories: tuple[str, ...] = ("payload", "control")
+
+
+class _Refused(Exception):
+    """Raised on the ranks other than 0 when rank 0 refuses the run (its error ends the job)."""
+
+
+class Role:
+    """What one rank does. A paradigm implements :meth:`epoch` and :meth:`payload`; the rest are hooks
+    with defaults."""
+
+    title = ""                      # the plot's title
+
+    def __init__(self, run: "Run") -> None:
+        self.run = run
+
+    def epoch(self, epoch: int) -> dict | None:
+        """One epoch (or round) ``epoch`` (from 0); rank 0 returns the record's figures."""
+        raise NotImplementedError
+
+    def payload(self) -> Payload | None:
+        """The closing table's roles and formulas (None: no table, as for one process)."""
+        return None
+
+    def note(self, record: dict) -> str | None:
+        """An extra line for rank 0 to print after the epoch's progress line."""
+        return None
+
+    def eval_model(self):
+        """The model rank 0 evaluates after each epoch."""
+        return self.run.model
+
+    def checkpoint_optimizer(self):
+        """The optimizer whose state rank 0 saves (complete on rank 0 when this is called)."""
+        return self.run.opt
+
+    def result(self) -> dict:
+        """Extra entries for rank 0's return value."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the role started (threads), also after an error."""
+
+
+@dataclass(frozen=True)
+class Paradigm:
+    """A paradigm's declaration; :meth:`main` is its command line."""
+    name: str                                   # runs as python -m mpisim.<name>
+    doc: str                                    # the module docstring: its last paragraph ends --help
+    description: str
+    setup: Callable[["Run"], Role]
+    options: type = NoOptions
+    add_args: Callable[[argparse.ArgumentParser], None] | None = None
+    check: Callable[[argparse.ArgumentParser, TrainOptions, Any], Any] | None = None
+    check_world: Callable[[TrainOptions, Any, int], str | None] | None = None
+    default_ranks: int = 4                      # without mpiexec and --sim
+    unit: str = "epoch"                         # or "round"
+    defaults: dict = field(default_factory=dict)   # add_training_args' defaults: epochs, lr, optimizer
+    cluster: bool = True                        # False: one process, no cluster options
+
+    @property
+    def prog(self) -> str:
+        return f"python -m mpisim.{self.name}"
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        p = argparse.ArgumentParser(prog=self.prog, description=self.description,
+                                    epilog=self.doc.rsplit("\n\n", 1)[1],
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_training_args(p, unit=self.unit, **self.defaults)
+        if self.cluster:
+            add_cluster_args(p)
+        if self.add_args:
+            self.add_args(p)
+        return p
+
+    def parse(self, argv=None) -> Config:
+        """Parse and check a command line (usage errors exit 2)."""
+        p = self.build_parser()
+        args = p.parse_args(None if argv is None else [str(a) for a in argv])
+        check_training_args(p, args)
+        if self.cluster:
+            check_cluster_args(p, args)
+        train, opts = options_from(TrainOptions, args), options_from(self.options, args)
+        if self.check:
+            opts = self.check(p, train, opts) or opts
+        return Config(train, opts)
+
+    def main(self, argv=None) -> int:
+        cfg = self.parse(argv)
+        train = default_to_sim(cfg.train, self.default_ranks, self.prog) if self.cluster else cfg.train
+        return launch(self.prog, train, self.run_rank, Config(train, cfg.opts), local=not self.cluster)
+
+    def run_rank(self, t, cfg: Config) -> dict | None:
+        """This rank's part of the run; rank 0 returns its last record, the model and the table."""
+        problem = self.check_world(cfg.train, cfg.opts, t.size) if self.check_world else None
+        if problem:
+            if t.rank == 0:
+                raise ParadigmError(problem)
+            return None                                  # rank 0's error ends the job
+        try:
+            run = Run(t, self, cfg)
+            role = self.setup(run)
+        except _Refused:
+            return None
+        try:
+            run.loop(role)
+        finally:
+            role.close()
+        return run.finish(role)
+
+
+class Run:
+    """One rank's run: what the runtime built, and the loop around the paradigm's epochs."""
+
+    def __init__(self, t, paradigm: Paradigm, cfg: Config) -> None:
+        self.t, self.paradigm, self.train, self.opts = t, paradigm, cfg.train, cfg.opts
+        self.rank, self.size, self.unit = t.rank, t.size, paradigm.unit
+        self.started = time.perf_counter()
+        tr = self.train
+        self.ds = build_dataset(tr)
+        self.model = build_model(tr, self.ds)
+        self.opt = build_optimizer(tr, self.model)
+        self.lr_at = build_schedule(tr)
+        ranks = {"ranks": t.size} if paradigm.cluster else {}
+        self.config = run_config(tr, self.opts, exclude=LAUNCH_OPTIONS, **ranks, paradigm=paradigm.name,
+                                 data=data_fingerprint(self.ds))
+        self.state = share_resume(t, tr, self.model, self.opt, self.config)
+        self.meter = Meter(t)
+        self.rep = Reporter(tr, self.model, self.state, unit=self.unit) if t.rank == 0 else None
+        self.x_train = self.ds.x_train.astype(self.model.dtype, copy=False)
+        self.steps = -(-self.ds.num_train // tr.batch_size) if tr.batch_size else 0   # global batches per epoch
+        self.epochs_run = 0
+        self.epoch_started = self.started
+        self.before = self.meter.snapshot()
+
+    # -- for the paradigms ----------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        """Print on rank 0 (unless --quiet)."""
+        if self.rep:
+            self.rep.say(text)
+
+    def refuse(self, why: str) -> None:
+        """End the run before it starts: rank 0 raises ``why``, the other ranks return quietly."""
+        if self.rank == 0:
+            raise ParadigmError(why)
+        raise _Refused
+
+    def where(self) -> str:
+        return "simulated" if self.train.sim else "MPI"
+
+    def maybe_fail(self, step: int, x: np.ndarray) -> None:
+        """``--inject-fault``: fail here if it names this rank and its ``step`` (from 1)."""
+        maybe_fail(self.train, self.rank, step, x)
+
+    def elapsed(self) -> float:
+        """Seconds since this epoch started."""
+        return time.perf_counter() - self.epoch_started
+
+    def totals(self, sums: np.ndarray) -> np.ndarray:
+        """``sums`` (loss sum, correct, seen, ...) followed by this epoch's payload messages and bytes,
+        compute and comm seconds, summed over all ranks by one small control allreduce."""
+        now = self.meter.snapshot()
+        tot = np.concatenate([sums, [now[k] - self.before[k] for k in now]])
+        with self.meter.comm("control"):
+            allreduce(self.t, tot, out=tot, check=False)
+        return tot
+
+    def figures(self, tot: np.ndarray, lr: float) -> dict:
+        """The record's usual figures from :meth:`totals`' vector (or one of the same layout)."""
+        seconds = self.elapsed()
+        return {"loss": tot[0] / max(tot[2], 1), "train_acc": tot[1] / max(tot[2], 1), "lr": lr,
+                "samples_per_s": tot[2] / seconds if seconds > 0 else None,
+                "payload_messages": int(tot[3]), "payload_bytes": int(tot[4]),
+                "compute_s": tot[5] / self.size, "comm_s": tot[6] / self.size, "seconds": seconds}
+
+    def check_finite(self, loss: float, where: str) -> None:
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss} {where}: lower --lr")
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def loop(self, role: Role) -> None:
+        tr, rep, unit = self.train, self.rep, self.unit
+        if self.state.start_epoch >= tr.epochs:
+            self.say(f"the checkpoint has already done {self.state.start_epoch} of {tr.epochs} {unit}s: "
+                     f"nothing to train")
+        for epoch in range(self.state.start_epoch, tr.epochs):
+            if stop_here(tr, epoch, rep, unit):
+                break
+            self.epoch_started = time.perf_counter()
+            self.before = self.meter.snapshot()
+            values = role.epoch(epoch)
+            self.epochs_run += 1
+            if rep:
+                values.setdefault("seconds", self.elapsed())
+                rec = rep.record(epoch + 1, self.ds.x_test, self.ds.y_test, values, model=role.eval_model(),
+                                 x_val=self.ds.x_val, y_val=self.ds.y_val,
+                                 save=lambda h, e=epoch: self.save(role, e + 1, h))
+                note = role.note(rec)
+                if note:
+                    rep.say(note)
+
+    def save(self, role: Role, epoch: int, history: list[dict]) -> None:
+        save_state(self.train.checkpoint, self.model, role.checkpoint_optimizer(), epoch=epoch,
+                   epochs=self.train.epochs, config=self.config, history=history)
+
+    def finish(self, role: Role) -> dict | None:
+        pay = role.payload()
+        report = (comm_report(self.t, self.meter, pay.roles, pay.formulas, pay.legend, pay.categories)
+                  if pay else None)
+        if not self.rep:
+            return None
+        result = self.rep.finish(report, role.title, **role.result())
+        line = summary_line(self.rep.log.records, self.epochs_run, self.unit, time.perf_counter() - self.started,
+                            report)
+        self.rep.say(line)
+        result["summary"] = line
+        return result
+
+
+def summary_line(records: list[dict], run_now: int, unit: str, wall: float, report: CommReport | None) -> str:
+    """One line: best and final test accuracy, wall time, time per epoch, payload and its formula check."""
+    if not run_now:
+        return f"summary: no {unit} trained in this run; {wall:.1f} s in all"
+    best = max(records, key=lambda r: (r.get("test_acc") or 0.0))
+    mine = records[-run_now:]
+    per = sum(r["seconds"] for r in mine) / run_now
+    text = (f"summary: test accuracy {100 * records[-1]['test_acc']:.1f}% final, {100 * best['test_acc']:.1f}% best "
+            f"({unit} {best[unit]}); {wall:.1f} s in all, {per:.2f} s per {unit}")
+    if report is None:
+        return text + "; no communication (one process)"
+    if not report.has_formula:
+        return text + f"; payload {report.payload_bytes:,} B sent (no closed form to check)"
+    return text + (f"; payload {report.payload_bytes:,} B sent, "
+                   + ("matches the formula" if report.agrees else "DIFFERS from the formula"))
+
+
+def replace_opts(cfg: Config, **changes) -> Config:
+    """``cfg`` with some of the paradigm's options changed."""
+    return Config(cfg.train, replace(cfg.opts, **changes))
