@@ -1,15 +1,26 @@
 """Log-log plots of the allreduce algorithms: time against p and against the message size."""
 from __future__ import annotations
 
+import itertools
 import os
 
-from ..comm.costs import ALGORITHMS, cost
+from ..comm import registry
+from ..comm.costs import cost
 from ..comm.network import Network
 from .measure import DTYPE, Row, _counts, crossover
 
-__all__ = ["plot_all"]
+__all__ = ["markers", "plot_all"]
 
-MARK = dict(zip(ALGORITHMS["allreduce"], "osD^v"))
+_SPARE = "PX*hp<>8dH"   # for algorithms registered without a marker
+
+
+def markers(coll: str = "allreduce") -> dict[str, str]:
+    """{algorithm: matplotlib marker}: each one's registered marker, else a spare one no other uses
+    (once the spares run out they are used again, in turn)."""
+    algs = [registry.get(coll, name) for name in registry.names(coll)]
+    taken = {a.marker for a in algs}
+    spare = itertools.cycle([m for m in _SPARE if m not in taken] or _SPARE)
+    return {a.name: a.marker or next(spare) for a in algs}
 
 
 def _formula(alg: str, p: int, nbytes: int, net: Network) -> float:
@@ -31,10 +42,10 @@ def plot_all(rows: list[Row], net: Network, out_dir: str, *, size: int = 1 << 20
     def figure(xs, curve, point_x, keep, xlabel, title, name, mark=None):
         """Formula lines over ``xs`` and the simulated rows ``keep`` selects as markers, log-log."""
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for alg in ALGORITHMS["allreduce"]:
+        for alg, marker in markers().items():
             line, = ax.plot(xs, [curve(alg, x) for x in xs], label=alg, lw=1.2)
             pts = [r for r in ar if r.algorithm == alg and keep(r)]
-            ax.plot([point_x(r) for r in pts], [r.seconds for r in pts], MARK[alg], color=line.get_color(), ms=5)
+            ax.plot([point_x(r) for r in pts], [r.seconds for r in pts], marker, color=line.get_color(), ms=5)
         if mark:
             mark(ax)
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="time (s)",

@@ -6,42 +6,11 @@ from collections import defaultdict
 from typing import Iterable, Sequence
 
 from ..bench import fmt_size
+from ..comm import registry
 from ..comm.network import PRESETS, Network, format_seconds
 from .measure import Row, crossover, tree_ring_rounds
 
-__all__ = ["Doc", "EXPLAIN"]
-
-# what each formula says, in a few lines (the ones of mpisim.comm.costs)
-EXPLAIN = {
-    ("allreduce", "naive"): "Every rank sends its vector to rank 0 at once; rank 0 adds the p-1 vectors one by one "
-        "((p-1)nγ), then sends the result to each rank in turn from its one port: p-1 messages back to back. "
-        "Every term grows with p. With `contention` the p-1 incoming vectors also queue on rank 0's link.",
-    ("allreduce", "tree"): "A binomial reduce to rank 0, then a binomial broadcast: ⌈lg p⌉ levels each way and the "
-        "whole vector at every level. Few rounds, but n·lg p bytes on the critical path.",
-    ("allreduce", "recursive_doubling"): "In step k every rank swaps its whole vector with the rank 2^k away and adds: "
-        "lg p steps of α + nβ + nγ. The fewest rounds and the most bytes: the short-vector algorithm. For p not a "
-        "power of two the fold adds a step before (α + nβ + nγ) and one after (α + nβ).",
-    ("allreduce", "ring"): "A reduce-scatter and then an allgather around a ring, p-1 steps each, one block of n/p "
-        "per step. The β term tends to 2nβ, the least any allreduce can send per rank, whatever p; "
-        "the α term grows linearly in p.",
-    ("allreduce", "rabenseifner"): "Reduce-scatter by recursive halving (send n/2, n/4, ..., n/p) and allgather by "
-        "recursive doubling (the same backwards): the ring's bytes in 2 lg p rounds. MPICH's long-vector choice.",
-    ("bcast", "binomial"): "The root sends to the farthest half first and every rank that has the data forwards it: "
-        "the number of ranks holding it doubles each round, ⌈lg p⌉ rounds of the whole vector.",
-    ("bcast", "scatter_allgather"): "Van de Geijn's broadcast: a binomial scatter of p blocks (lg p·α + (p-1)/p·nβ), "
-        "then a ring allgather ((p-1)α + (p-1)/p·nβ): about 2nβ whatever p, for p more rounds.",
-    ("reduce", "binomial"): "The broadcast tree run upwards, adding at each level: ⌈lg p⌉(α + nβ + nγ).",
-    ("gather", "binomial"): "Each rank passes its whole subtree's blocks up in one message: lg p rounds; the "
-        "messages double in size towards the root, (p-1)/p·n bytes in all on the critical path.",
-    ("scatter", "binomial"): "The gather tree run downwards: the root sends half of the data, then a quarter, ...",
-    ("allgather", "ring"): "p-1 steps; in each every rank passes on the block it received last: (p-1)(α + n/p·β).",
-    ("allgather", "recursive_doubling"): "In step k every rank swaps all it has (2^k blocks) with the rank 2^k away: "
-        "lg p rounds, (p-1)/p·n bytes.",
-    ("reduce_scatter", "ring"): "p-1 steps; every rank adds the block from its left to its own and passes it on.",
-    ("reduce_scatter", "recursive_halving"): "In step k a rank keeps half of its range, sends the other half to its "
-        "partner and adds what comes back: lg p rounds, (p-1)/p·n bytes sent and added.",
-    ("barrier", "dissemination"): "In round k every rank sends an empty message 2^k ranks ahead: ⌈lg p⌉ rounds of α.",
-}
+__all__ = ["Doc"]
 
 
 def _cell(x) -> str:
@@ -105,9 +74,8 @@ def model_section(doc: Doc, net: Network) -> None:
           "are exact and a formula either matches to the last digit or it does not.")
     doc.p(f"Tables below use **{net}** (`--network {net.spec()}`). The presets:")
     doc.table(["preset", "α", "bandwidth 1/β", "1/γ", "what it stands for"],
-              [[k, _t(v.seconds[0]), f"{1 / v.seconds[1] / 1e9:.4g} GB/s", f"{1 / v.seconds[2] / 1e9:.4g} GB/s", what]
-               for (k, v), what in zip(PRESETS.items(), ["ranks of one node, shared memory", "10 Gbit/s Ethernet, TCP",
-                                                         "100 Gbit/s with RDMA", "100 Mbit/s wide-area link"])],
+              [[k, _t(v.seconds[0]), f"{1 / v.seconds[1] / 1e9:.4g} GB/s", f"{1 / v.seconds[2] / 1e9:.4g} GB/s",
+                v.description] for k, v in PRESETS.items()],
               right=[False, True, True, True, False])
     doc.p("Notation: p ranks, n bytes (for gather, scatter and allgather n is the whole result, p blocks), lg the "
           "base-2 logarithm; for p not a power of two, p2 is the largest power of two below p. *Rounds* is the "
@@ -124,7 +92,7 @@ def formulas_section(doc: Doc, rows: list[Row]) -> None:
     for r in rows:
         seen.setdefault((r.coll, r.algorithm), r.cost.text)
     for (coll, alg), text in seen.items():
-        doc.p(f"**{coll} / {alg}**: `{text}`. {EXPLAIN.get((coll, alg), '')}")
+        doc.p(f"**{coll} / {alg}**: `{text}`. {registry.get(coll, alg).explain}")
 
 
 def summary_section(doc: Doc, rows: list[Row]) -> None:

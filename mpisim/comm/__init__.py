@@ -7,16 +7,22 @@ Transports (one rank's endpoint; see :mod:`mpisim.comm.transport`):
 
 Collectives, each ``f(transport, array, ...)`` and written only on send/recv/sendrecv:
 :func:`allreduce`, :func:`bcast`, :func:`reduce`, :func:`gather`, :func:`scatter`,
-:func:`allgather`, :func:`reduce_scatter`, :func:`barrier`.
+:func:`allgather`, :func:`reduce_scatter`, :func:`barrier`. Their algorithms, with cost
+formulas, explanations and plot styles, are registered in :mod:`mpisim.comm.registry`.
 """
 from ._common import DTYPES, OPS, set_consistency_check
-from .allgather import ALLGATHER_ALGORITHMS, allgather
-from .allreduce import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
+from .allgather import allgather
+from .allreduce import allreduce, choose_allreduce
 from .barrier import barrier
-from .reduce_scatter import REDUCE_SCATTER_ALGORITHMS, reduce_scatter
-from .rooted import BCAST_ALGORITHMS, bcast, gather, reduce, scatter
+from .reduce_scatter import reduce_scatter
+from .registry import module_getattr
+from .rooted import bcast, gather, reduce, scatter
 from .sim import CommTimeout, DeadlockError, RankError, SimCluster, SimTransport, run_simulated
 from .transport import ANY_SOURCE, ANY_TAG, CommError, Request, Stats, Status, Transport
+
+# ALLREDUCE_ALGORITHMS and the like: "auto", then the registered algorithms (mpisim.comm.registry)
+__getattr__ = module_getattr(__name__, ALLREDUCE_ALGORITHMS="allreduce", BCAST_ALGORITHMS="bcast",
+                             ALLGATHER_ALGORITHMS="allgather", REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
 
 
 def mpi_transport(comm=None, *, abort_on_error: bool = True):

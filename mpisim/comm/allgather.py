@@ -12,11 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import TAG_ALLGATHER, Fold, check_algorithm, equal_offsets, check_array, consistency_check
+from .formulas import FOLD_BLOCKS, Call, Cost, make_cost
+from .registry import choices, get, module_getattr, register
 from .transport import Transport
 
 __all__ = ["ALLGATHER_ALGORITHMS", "allgather"]
 
-ALLGATHER_ALGORITHMS = ("auto", "ring", "recursive_doubling")
+# ALLGATHER_ALGORITHMS: ("auto", then every registered allgather algorithm), read on each access
+__getattr__ = module_getattr(__name__, ALLGATHER_ALGORITHMS="allgather")
 
 # MPICH's defaults (MPIR_CVAR_ALLGATHER_SHORT_MSG_SIZE / _LONG_MSG_SIZE): recursive doubling
 # below 512 KiB in all for a power of two, below 80 KiB otherwise (MPICH uses Bruck there; the
@@ -33,6 +36,12 @@ def ring_allgather(t: Transport, w: np.ndarray, offs: list[int], tag: int, shift
         sb = (r - shift - s) % p
         rb = (r - shift - s - 1) % p
         t.sendrecv(w[offs[sb]:offs[sb + 1]], right, w[offs[rb]:offs[rb + 1]], left, tag, tag)
+
+
+register("allgather", "ring", ring_allgather,
+         traffic=lambda c: (c.p * (c.p - 1), (c.p - 1) * c.n),   # every block travels p - 1 hops
+         cost=lambda c: make_cost("(p-1)(α + n/p·β)", (c.p - 1, (c.p - 1) * c.b, 0)),
+         explain="p-1 steps; in each every rank passes on the block it received last: (p-1)(α + n/p·β).")
 
 
 def rd_allgather(t: Transport, w: np.ndarray, offs: list[int], tag: int) -> None:
@@ -67,12 +76,30 @@ def rd_allgather_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, t
         mask <<= 1
 
 
+def _rd_cost(c: Call) -> Cost:
+    if c.pow2:
+        return make_cost("lg p·α + (p-1)/p·nβ", (c.L, (c.p - 1) * c.b, 0))
+    return make_cost("(⌊lg p⌋+2)α + (n/p + (p2-1)/p2·n + n)β", (c.L + 2, c.b + c.n - c.b2 + c.n, 0),
+                     kind="approx", why=FOLD_BLOCKS)
+
+
+def _rd_traffic(c: Call) -> tuple[int, int]:
+    # the fold's r blocks in, the power-of-two exchanges, the whole result back to the r extra ranks
+    p2, r, n = c.p2, c.r, c.n
+    return p2 * c.L + 2 * r, r * (c.count // c.p) * c.itemsize + (p2 - 1) * n + r * n
+
+
+register("allgather", "recursive_doubling", rd_allgather, traffic=_rd_traffic, cost=_rd_cost,
+         explain="In step k every rank swaps all it has (2^k blocks) with the rank 2^k away: "
+         "lg p rounds, (p-1)/p·n bytes.")
+
+
 def allgather(t: Transport, array: np.ndarray, algorithm: str = "auto", *,
               check: bool | None = None) -> np.ndarray:
     """Every rank's equal-shaped array, stacked in rank order: shape (p, *array.shape)."""
     name = "allgather"
     check_array(array, name)
-    check_algorithm(algorithm, ALLGATHER_ALGORITHMS, name)
+    check_algorithm(algorithm, choices(name), name)
     consistency_check(t, name, check, length=array.size, dtype=array.dtype, algorithm=algorithm)
     p, m = t.size, array.size
     out = np.empty((p, *array.shape), dtype=array.dtype)
@@ -85,10 +112,6 @@ def allgather(t: Transport, array: np.ndarray, algorithm: str = "auto", *,
         pow2 = p & (p - 1) == 0
         short = total < (ALLGATHER_LONG_MSG if pow2 else ALLGATHER_SHORT_MSG)
         algorithm = "recursive_doubling" if short else "ring"
-    offs = equal_offsets(m, p)
-    if algorithm == "ring":
-        ring_allgather(t, w, offs, TAG_ALLGATHER)
-    else:
-        rd_allgather(t, w, offs, TAG_ALLGATHER)
+    get(name, algorithm).run(t, w, equal_offsets(m, p), TAG_ALLGATHER)
     return out
 

@@ -33,13 +33,16 @@ from ._common import (
     scratch,
 )
 from .allgather import rd_allgather_groups, ring_allgather
+from .formulas import UNEVEN, Call, Cost, make_cost, tree_kind
 from .reduce_scatter import halving_groups, ring_reduce_scatter
+from .registry import choices, get, module_getattr, register
 from .rooted import binomial_bcast, binomial_reduce
 from .transport import Transport
 
 __all__ = ["ALLREDUCE_ALGORITHMS", "allreduce", "choose_allreduce"]
 
-ALLREDUCE_ALGORITHMS = ("auto", "naive", "tree", "recursive_doubling", "ring", "rabenseifner")
+# ALLREDUCE_ALGORITHMS: ("auto", then every registered allreduce algorithm), read on each access
+__getattr__ = module_getattr(__name__, ALLREDUCE_ALGORITHMS="allreduce")
 
 # MPICH's default (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE = 2048 bytes): short messages are
 # latency-bound, so recursive doubling's log2 p steps win although each moves the whole vector;
@@ -71,16 +74,76 @@ def _naive(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> Non
         t.recv(w, 0, tag)
 
 
+def _naive_cost(c: Call) -> Cost:
+    p, n = c.p, c.n
+    if c.contention:   # the root's link takes one message at a time: arrivals k(α+nβ)
+        return make_cost("(p-1)(α+nβ) + max((p-1)(α+nβ) + nγ, α + nβ + (p-1)nγ)",
+                         (2 * (p - 1), 2 * (p - 1) * n, n), (p, p * n, (p - 1) * n))
+    return make_cost("p(α + nβ) + (p-1)nγ", (p, p * n, (p - 1) * n))
+
+
+def _two_trips(c: Call) -> tuple[int, int]:
+    """2(p-1) messages of n bytes: every rank's vector goes up once and the result down once."""
+    return 2 * (c.p - 1), 2 * (c.p - 1) * c.n
+
+
+register("allreduce", "naive", _naive, traffic=_two_trips, cost=_naive_cost, marker="o",
+         formula=lambda c: "2(N-1)·n",
+         explain="Every rank sends its vector to rank 0 at once; rank 0 adds the p-1 vectors one by one "
+         "((p-1)nγ), then sends the result to each rank in turn from its one port: p-1 messages back to back. "
+         "Every term grows with p. With `contention` the p-1 incoming vectors also queue on rank 0's link.")
+
+
 def _tree(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
     np.copyto(w, src)
     binomial_reduce(t, w, ufunc, 0, tag)
     binomial_bcast(t, w, 0, tag)
 
 
+register("allreduce", "tree", _tree, traffic=_two_trips, marker="s", formula=lambda c: "2(N-1)·n",
+         cost=lambda c: make_cost("2⌈lg p⌉(α + nβ) + ⌈lg p⌉nγ", (2 * c.lg, 2 * c.lg * c.n, c.lg * c.n),
+                                  **tree_kind(c)),
+         explain="A binomial reduce to rank 0, then a binomial broadcast: ⌈lg p⌉ levels each way and the "
+         "whole vector at every level. Few rounds, but n·lg p bytes on the critical path.")
+
+
+# the power-of-two algorithms, plus the fold: (α + nβ + nγ) in front, (α + nβ) after
+def _rd_cost(c: Call) -> Cost:
+    n, L = c.n, c.L
+    if c.pow2:
+        return make_cost("lg p(α + nβ + nγ)", (L, L * n, L * n))
+    return make_cost("(⌊lg p⌋+2)(α + nβ) + (⌊lg p⌋+1)nγ", (L + 2, (L + 2) * n, (L + 1) * n))
+
+
+def _rd_formula(c: Call) -> str:
+    return "N·log2(N)·n" if not c.r else f"(p2·log2(p2) + 2r)·n [p2={c.p2}, r={c.r}]"
+
+
+register("allreduce", "recursive_doubling", rd_allreduce, cost=_rd_cost, formula=_rd_formula, marker="D",
+         traffic=lambda c: (c.p2 * c.L + 2 * c.r, (c.p2 * c.L + 2 * c.r) * c.n),
+         explain="In step k every rank swaps its whole vector with the rank 2^k away and adds: "
+         "lg p steps of α + nβ + nγ. The fewest rounds and the most bytes: the short-vector algorithm. For p not a "
+         "power of two the fold adds a step before (α + nβ + nγ) and one after (α + nβ).")
+
+
 def _ring(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
     offs = block_offsets(w.size, t.size)
     ring_reduce_scatter(t, w, offs, ufunc, tag, src)
     ring_allgather(t, w, offs, tag)
+
+
+def _ring_cost(c: Call) -> Cost:
+    kind, why = ("exact", "") if c.even else ("approx", UNEVEN)
+    p, b = c.p, c.b
+    return make_cost("2(p-1)α + 2(p-1)/p·nβ + (p-1)/p·nγ", (2 * (p - 1), 2 * (p - 1) * b, (p - 1) * b),
+                     kind=kind, why=why)
+
+
+register("allreduce", "ring", _ring, cost=_ring_cost, marker="^", formula=lambda c: "2(N-1)·n",
+         traffic=lambda c: (2 * c.p * (c.p - 1), 2 * (c.p - 1) * c.n),
+         explain="A reduce-scatter and then an allgather around a ring, p-1 steps each, one block of n/p "
+         "per step. The β term tends to 2nβ, the least any allreduce can send per rank, whatever p; "
+         "the α term grows linearly in p.")
 
 
 def _rabenseifner(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
@@ -102,13 +165,20 @@ def _rabenseifner(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray)
         t.send(w, r - 1, tag)
 
 
-_ALGORITHMS = {
-    "naive": _naive,
-    "tree": _tree,
-    "recursive_doubling": rd_allreduce,
-    "ring": _ring,
-    "rabenseifner": _rabenseifner,
-}
+def _rabenseifner_cost(c: Call) -> Cost:
+    n, L, b2 = c.n, c.L, c.b2
+    kind, why = ("exact", "") if c.count % c.p2 == 0 else ("approx", UNEVEN)
+    if c.pow2:
+        return make_cost("2 lg p·α + 2(p-1)/p·nβ + (p-1)/p·nγ", (2 * L, 2 * (n - b2), n - b2), kind=kind, why=why)
+    return make_cost("(2⌊lg p⌋+2)α + (2(p2-1)/p2 + 2)nβ + ((p2-1)/p2 + 1)nγ",
+                     (2 * L + 2, 2 * (n - b2) + 2 * n, n - b2 + n), kind=kind, why=why)
+
+
+register("allreduce", "rabenseifner", _rabenseifner, cost=_rabenseifner_cost, marker="v",
+         traffic=lambda c: (2 * c.p2 * c.L + 2 * c.r, (2 * (c.p2 - 1) + 2 * c.r) * c.n),
+         formula=lambda c: "2(N-1)·n" if not c.r else f"(2(p2-1) + 2r)·n [p2={c.p2}, r={c.r}]",
+         explain="Reduce-scatter by recursive halving (send n/2, n/4, ..., n/p) and allgather by "
+         "recursive doubling (the same backwards): the ring's bytes in 2 lg p rounds. MPICH's long-vector choice.")
 
 
 def allreduce(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str = "auto", *,
@@ -123,7 +193,7 @@ def allreduce(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str =
     name = "allreduce"
     check_array(array, name)
     ufunc = check_op(op, name)
-    check_algorithm(algorithm, ALLREDUCE_ALGORITHMS, name)
+    check_algorithm(algorithm, choices(name), name)
     if out is not None:
         check_array(out, name + " out")
         if out.shape != array.shape or out.dtype != array.dtype:
@@ -142,5 +212,5 @@ def allreduce(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str =
         algorithm = choose_allreduce(out.nbytes, out.size, t.size)
     # The algorithms read the input and write the output: no up-front copy of the input
     # (out is array works too: then they reduce in place).
-    _ALGORITHMS[algorithm](t, out.reshape(-1), ufunc, TAG_ALLREDUCE, array.reshape(-1))
+    get(name, algorithm).run(t, out.reshape(-1), ufunc, TAG_ALLREDUCE, array.reshape(-1))
     return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import TAG_BARRIER
+from .formulas import make_cost
+from .registry import register
 from .transport import Transport
 
 __all__ = ["barrier"]
@@ -16,11 +18,20 @@ __all__ = ["barrier"]
 _EMPTY = np.empty(0, dtype=np.uint8)
 
 
-def barrier(t: Transport) -> None:
-    """Return on each rank only after every rank has called barrier."""
+def dissemination(t: Transport, tag: int) -> None:
+    """The dissemination barrier: ceil(log2 p) rounds of empty messages."""
     p, r = t.size, t.rank
     dist = 1
     while dist < p:
-        t.sendrecv(_EMPTY, (r + dist) % p, np.empty(0, dtype=np.uint8), (r - dist) % p,
-                   TAG_BARRIER, TAG_BARRIER)
+        t.sendrecv(_EMPTY, (r + dist) % p, np.empty(0, dtype=np.uint8), (r - dist) % p, tag, tag)
         dist <<= 1
+
+
+register("barrier", "dissemination", dissemination,
+         traffic=lambda c: (c.p * c.lg, 0), cost=lambda c: make_cost("⌈lg p⌉α", (c.lg, 0, 0)),
+         explain="In round k every rank sends an empty message 2^k ranks ahead: ⌈lg p⌉ rounds of α.")
+
+
+def barrier(t: Transport) -> None:
+    """Return on each rank only after every rank has called barrier."""
+    dissemination(t, TAG_BARRIER)

@@ -23,7 +23,7 @@ that override it, comma separated::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 __all__ = ["Network", "PRESETS", "TICK", "parse_network", "format_seconds", "format_rate"]
@@ -47,6 +47,8 @@ class Network:
     compute: str = "none"          # none | wall | rate
     flops: float = 0.0             # FLOP/s when compute == "rate"
     name: str = "custom"
+    # what a preset stands for, as the report prints it (not part of the model: equality and spec() ignore it)
+    description: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self):
         for k in ("alpha", "beta", "gamma"):
@@ -126,17 +128,19 @@ def format_rate(ticks_per_byte: int, spec: bool = False) -> str:
     raise AssertionError
 
 
-def _net(name: str, alpha_s: float, bandwidth: float, gamma_rate: float = 5e9) -> Network:
-    return Network(_ticks(alpha_s), _ticks(1 / bandwidth), _ticks(1 / gamma_rate), name=name)
+def _net(name: str, alpha_s: float, bandwidth: float, description: str, gamma_rate: float = 5e9) -> Network:
+    return Network(_ticks(alpha_s), _ticks(1 / bandwidth), _ticks(1 / gamma_rate), name=name,
+                   description=description)
 
 
-# Round textbook figures; gamma is one core adding float32 vectors (about 5 GB/s of input).
-PRESETS = {
-    "shm": _net("shm", 0.5e-6, 10e9),             # ranks on one node, shared memory
-    "10gbe": _net("10gbe", 10e-6, 1.25e9),        # 10 Gbit/s Ethernet, TCP
-    "100gbe-rdma": _net("100gbe-rdma", 2e-6, 12.5e9),  # 100 Gbit/s with RDMA (RoCE / InfiniBand)
-    "wan": _net("wan", 30e-3, 12.5e6),            # a 100 Mbit/s wide-area link, 30 ms one way
-}
+# Round textbook figures; gamma is one core adding float32 vectors (about 5 GB/s of input). The report
+# and --network list them in this order; a preset is one line here.
+PRESETS = {net.name: net for net in (
+    _net("shm", 0.5e-6, 10e9, "ranks of one node, shared memory"),
+    _net("10gbe", 10e-6, 1.25e9, "10 Gbit/s Ethernet, TCP"),
+    _net("100gbe-rdma", 2e-6, 12.5e9, "100 Gbit/s with RDMA"),     # RoCE / InfiniBand
+    _net("wan", 30e-3, 12.5e6, "100 Mbit/s wide-area link"),       # 30 ms one way
+)}
 
 
 def parse_time(text: str, what: str) -> int:
@@ -213,6 +217,7 @@ def parse_network(text: str) -> Network:
                              f"{', '.join(PRESETS)})")
         net = Network(given.pop("alpha"), given.pop("beta"), given.pop("gamma", PRESETS["shm"].gamma))
     if given:
-        name = net.name if set(given) <= {"contention", "compute", "flops"} else "custom"
-        net = replace(net, name=name, **given)
+        same = set(given) <= {"contention", "compute", "flops"}   # still the preset's link
+        net = replace(net, name=net.name if same else "custom", description=net.description if same else "",
+                      **given)
     return net

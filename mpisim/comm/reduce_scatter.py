@@ -25,11 +25,14 @@ from ._common import (
     check_op,
     consistency_check,
 )
+from .formulas import FOLD_BLOCKS, UNEVEN, Call, Cost, blocks, make_cost
+from .registry import choices, get, module_getattr, register
 from .transport import Transport
 
 __all__ = ["REDUCE_SCATTER_ALGORITHMS", "reduce_scatter"]
 
-REDUCE_SCATTER_ALGORITHMS = ("auto", "ring", "recursive_halving")
+# REDUCE_SCATTER_ALGORITHMS: ("auto", then every registered reduce_scatter algorithm), read on each access
+__getattr__ = module_getattr(__name__, REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
 
 # MPICH's default (MPIR_CVAR_REDSCAT_COMMUTATIVE_LONG_MSG_SIZE): recursive halving below
 # 512 KiB in all, pairwise exchange above (the ring here plays that part: same bytes, p-1 steps).
@@ -55,6 +58,16 @@ def ring_reduce_scatter(t: Transport, w: np.ndarray, offs: list[int], ufunc, tag
         part = tmp[:hi - lo]
         t.sendrecv((src if s == 0 else w)[offs[sb]:offs[sb + 1]], right, part, left, tag, tag)
         combine(t, ufunc, src[lo:hi], part, w[lo:hi])
+
+
+def _ring_cost(c: Call) -> Cost:
+    kind, why = ("exact", "") if c.even else ("approx", UNEVEN)
+    return make_cost("(p-1)(α + n/p·β + n/p·γ)", (c.p - 1, (c.p - 1) * c.b, (c.p - 1) * c.b), kind=kind, why=why)
+
+
+register("reduce_scatter", "ring", ring_reduce_scatter, cost=_ring_cost,
+         traffic=lambda c: (c.p * (c.p - 1), (c.p - 1) * c.n),   # every block travels p - 1 hops
+         explain="p-1 steps; every rank adds the block from its left to its own and passes it on.")
 
 
 def halving_groups(t: Transport, w: np.ndarray, gofs: list[int], f: Fold, ufunc, tag: int,
@@ -106,13 +119,35 @@ def halving_reduce_scatter(t: Transport, w: np.ndarray, offs: list[int], ufunc, 
         t.send(w[offs[r - 1]:offs[r]], r - 1, tag)
 
 
+def _halving_cost(c: Call) -> Cost:
+    n, b2 = c.n, c.b2
+    if c.pow2:
+        kind, why = ("exact", "") if c.even else ("approx", UNEVEN)
+        return make_cost("lg p·α + (p-1)/p·n(β + γ)", (c.L, n - b2, n - b2), kind=kind, why=why)
+    return make_cost("(⌊lg p⌋+2)α + (n + (p2-1)/p2·n + n/p)β + (n + (p2-1)/p2·n)γ",
+                     (c.L + 2, n + n - b2 + c.b, n + n - b2), kind="approx", why=FOLD_BLOCKS)
+
+
+def _halving_traffic(c: Call) -> tuple[int, int]:
+    # the r extra ranks' whole vectors in, the power-of-two halving, their blocks back
+    p2, r, n = c.p2, c.r, c.n
+    back = sum(blocks(c.count, c.p)[:2 * r:2])
+    return p2 * c.L + 2 * r, r * n + (p2 - 1) * n + back * c.itemsize
+
+
+register("reduce_scatter", "recursive_halving", halving_reduce_scatter, traffic=_halving_traffic,
+         cost=_halving_cost,
+         explain="In step k a rank keeps half of its range, sends the other half to its "
+         "partner and adds what comes back: lg p rounds, (p-1)/p·n bytes sent and added.")
+
+
 def reduce_scatter(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str = "auto", *,
                    check: bool | None = None) -> np.ndarray:
     """Block ``rank`` of the reduction of all ranks' arrays (1-D, ``numpy.array_split`` blocks)."""
     name = "reduce_scatter"
     check_array(array, name)
     ufunc = check_op(op, name)
-    check_algorithm(algorithm, REDUCE_SCATTER_ALGORITHMS, name)
+    check_algorithm(algorithm, choices(name), name)
     consistency_check(t, name, check, length=array.size, dtype=array.dtype, op=op, algorithm=algorithm)
     p, r = t.size, t.rank
     w = array.reshape(-1).copy()
@@ -120,8 +155,5 @@ def reduce_scatter(t: Transport, array: np.ndarray, op: str = "sum", algorithm: 
     if p > 1:
         if algorithm == "auto":
             algorithm = "recursive_halving" if w.nbytes < REDSCAT_LONG_MSG else "ring"
-        if algorithm == "ring":
-            ring_reduce_scatter(t, w, offs, ufunc, TAG_REDUCE_SCATTER)
-        else:
-            halving_reduce_scatter(t, w, offs, ufunc, TAG_REDUCE_SCATTER)
+        get(name, algorithm).run(t, w, offs, ufunc, TAG_REDUCE_SCATTER)
     return w[offs[r]:offs[r + 1]].copy()

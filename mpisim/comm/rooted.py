@@ -25,11 +25,14 @@ from ._common import (
     scratch,
 )
 from .allgather import ring_allgather
+from .formulas import LOPSIDED, UNEVEN, Call, Cost, blocks, make_cost, subtree_blocks, tree_kind
+from .registry import choices, get, module_getattr, register
 from .transport import Transport
 
 __all__ = ["BCAST_ALGORITHMS", "bcast", "gather", "reduce", "scatter"]
 
-BCAST_ALGORITHMS = ("auto", "binomial", "scatter_allgather")
+# BCAST_ALGORITHMS: ("auto", then every registered bcast algorithm), read on each access
+__getattr__ = module_getattr(__name__, BCAST_ALGORITHMS="bcast")
 
 # MPICH's defaults (MPIR_CVAR_BCAST_SHORT_MSG_SIZE, MPIR_CVAR_BCAST_MIN_PROCS): below 12 KiB or
 # 8 ranks a binomial tree (log p latency terms) wins; above, scatter + ring allgather moves
@@ -55,6 +58,17 @@ def binomial_bcast(t: Transport, w: np.ndarray, root: int, tag: int) -> None:
         mask >>= 1
 
 
+def _tree_traffic(c: Call) -> tuple[int, int]:
+    """p - 1 messages of the whole vector: one per edge of the tree."""
+    return c.p - 1, (c.p - 1) * c.n
+
+
+register("bcast", "binomial", binomial_bcast, traffic=_tree_traffic,
+         cost=lambda c: make_cost("⌈lg p⌉(α + nβ)", (c.lg, c.lg * c.n, 0)),
+         explain="The root sends to the farthest half first and every rank that has the data forwards it: "
+         "the number of ranks holding it doubles each round, ⌈lg p⌉ rounds of the whole vector.")
+
+
 def binomial_scatter(t: Transport, w: np.ndarray, offs: list[int], root: int, tag: int) -> None:
     """Binomial scatter in place: afterwards relative rank vr holds block vr of ``w``.
 
@@ -78,6 +92,32 @@ def binomial_scatter(t: Transport, w: np.ndarray, offs: list[int], root: int, ta
         mask >>= 1
 
 
+def _scatter_allgather(t: Transport, w: np.ndarray, root: int, tag: int) -> None:
+    """Van de Geijn's broadcast in place: a binomial scatter of p blocks, then a ring allgather."""
+    offs = block_offsets(w.size, t.size)
+    binomial_scatter(t, w, offs, root, tag)
+    ring_allgather(t, w, offs, tag, shift=root)
+
+
+def _scatter_allgather_traffic(c: Call) -> tuple[int, int]:
+    # binomial scatter of array_split blocks, then a ring allgather
+    p, sizes = c.p, blocks(c.count, c.p)
+    scat = sum(sum(sizes[v:min(v + (v & -v), p)]) for v in range(1, p))
+    return p - 1 + p * (p - 1), (scat + (p - 1) * c.count) * c.itemsize
+
+
+def _scatter_allgather_cost(c: Call) -> Cost:
+    ok = c.pow2 and c.even
+    return make_cost("(⌈lg p⌉ + p - 1)α + 2(p-1)/p·nβ", (c.lg + c.p - 1, 2 * (c.p - 1) * c.b, 0),
+                     kind="exact" if ok else "approx", why="" if ok else (UNEVEN if c.pow2 else LOPSIDED))
+
+
+register("bcast", "scatter_allgather", _scatter_allgather, traffic=_scatter_allgather_traffic,
+         cost=_scatter_allgather_cost,
+         explain="Van de Geijn's broadcast: a binomial scatter of p blocks (lg p·α + (p-1)/p·nβ), "
+         "then a ring allgather ((p-1)α + (p-1)/p·nβ): about 2nβ whatever p, for p more rounds.")
+
+
 def binomial_reduce(t: Transport, w: np.ndarray, ufunc, root: int, tag: int) -> None:
     """Reduce ``w`` in place up a binomial tree; the full result ends on ``root``."""
     p = t.size
@@ -96,6 +136,47 @@ def binomial_reduce(t: Transport, w: np.ndarray, ufunc, root: int, tag: int) -> 
         mask <<= 1
 
 
+register("reduce", "binomial", binomial_reduce, traffic=_tree_traffic,
+         cost=lambda c: make_cost("⌈lg p⌉(α + nβ + nγ)", (c.lg, c.lg * c.n, c.lg * c.n), **tree_kind(c)),
+         explain="The broadcast tree run upwards, adding at each level: ⌈lg p⌉(α + nβ + nγ).")
+
+
+def binomial_gather(t: Transport, w: np.ndarray, m: int, root: int, tag: int) -> None:
+    """Binomial gather in place: afterwards ``root``'s ``w`` holds every relative rank's block of m elements.
+
+    Before, relative rank vr holds block vr; each rank passes its whole subtree's blocks to its
+    parent in one message.
+    """
+    p = t.size
+    vr = (t.rank - root) % p
+    mask = 1
+    while mask < p:
+        if vr & mask:
+            hi = min(vr + mask, p)
+            t.send(w[vr * m:hi * m], (vr - mask + root) % p, tag)
+            break
+        if vr + mask < p:
+            lo, hi = vr + mask, min(vr + 2 * mask, p)
+            t.recv(w[lo * m:hi * m], (lo + root) % p, tag)
+        mask <<= 1
+
+
+def _subtree_traffic(c: Call) -> tuple[int, int]:
+    """p - 1 messages, each with its sender's (or receiver's) whole subtree of blocks."""
+    return c.p - 1, subtree_blocks(c.p) * (c.count // c.p) * c.itemsize
+
+
+def _subtree_cost(c: Call) -> Cost:
+    return make_cost("⌈lg p⌉α + (p-1)/p·nβ", (c.lg, (c.p - 1) * c.b, 0), **tree_kind(c))
+
+
+register("gather", "binomial", binomial_gather, traffic=_subtree_traffic, cost=_subtree_cost,
+         explain="Each rank passes its whole subtree's blocks up in one message: lg p rounds; the "
+         "messages double in size towards the root, (p-1)/p·n bytes in all on the critical path.")
+register("scatter", "binomial", binomial_scatter, traffic=_subtree_traffic, cost=_subtree_cost,
+         explain="The gather tree run downwards: the root sends half of the data, then a quarter, ...")
+
+
 def bcast(t: Transport, array: np.ndarray, root: int = 0, algorithm: str = "auto", *,
           check: bool | None = None) -> np.ndarray:
     """Return a copy of ``root``'s array on every rank.
@@ -106,7 +187,7 @@ def bcast(t: Transport, array: np.ndarray, root: int = 0, algorithm: str = "auto
     """
     name = "bcast"
     check_array(array, name)
-    check_algorithm(algorithm, BCAST_ALGORITHMS, name)
+    check_algorithm(algorithm, choices(name), name)
     root = check_root(root, t.size, name)
     consistency_check(t, name, check, length=array.size, dtype=array.dtype, root=root, algorithm=algorithm)
     w = array.copy() if t.rank == root else np.empty_like(array)
@@ -115,13 +196,7 @@ def bcast(t: Transport, array: np.ndarray, root: int = 0, algorithm: str = "auto
     if algorithm == "auto":
         small = w.nbytes < BCAST_SHORT_MSG or t.size < BCAST_MIN_PROCS
         algorithm = "binomial" if small else "scatter_allgather"
-    flat = w.reshape(-1)
-    if algorithm == "binomial":
-        binomial_bcast(t, flat, root, TAG_BCAST)
-    else:
-        offs = block_offsets(flat.size, t.size)
-        binomial_scatter(t, flat, offs, root, TAG_BCAST)
-        ring_allgather(t, flat, offs, TAG_BCAST, shift=root)
+    get(name, algorithm).run(t, w.reshape(-1), root, TAG_BCAST)
     return w
 
 
@@ -154,16 +229,7 @@ def gather(t: Transport, array: np.ndarray, root: int = 0, *,
     # Working buffer in relative-rank order: block b belongs to relative rank b.
     w = np.empty(p * m, dtype=array.dtype)
     w[vr * m:(vr + 1) * m] = array.reshape(-1)
-    mask = 1
-    while mask < p:
-        if vr & mask:
-            hi = min(vr + mask, p)
-            t.send(w[vr * m:hi * m], (vr - mask + root) % p, TAG_GATHER)
-            break
-        if vr + mask < p:
-            lo, hi = vr + mask, min(vr + 2 * mask, p)
-            t.recv(w[lo * m:hi * m], (lo + root) % p, TAG_GATHER)
-        mask <<= 1
+    binomial_gather(t, w, m, root, TAG_GATHER)
     if t.rank != root:
         return None
     # Relative block b came from rank (b + root) % p: rotate into rank order.

@@ -1,0 +1,137 @@
+"""One registry per collective: every algorithm is registered once, with all that describes it.
+
+An entry (:class:`Algorithm`) holds the function that carries the algorithm out, its exact
+traffic, its closed-form time, for allreduce the bytes-sent text of the paradigms' tables, the
+few lines the report prints about it, and its plot marker. Everything else derives from here:
+the ``*_ALGORITHMS`` tuples, the dispatch inside :func:`~mpisim.comm.allreduce` and the other
+collectives, :data:`mpisim.comm.costs.ALGORITHMS` and the cost functions, the report and the
+plots. Adding an algorithm is one :func:`register` call beside its code::
+
+    register("allreduce", "chain", _chain, traffic=..., cost=..., formula=..., explain="...")
+
+``run`` has the signature its collective dispatches with (``w`` the flat working buffer, ``tag``
+the collective's tag, ``offs`` the blocks' offsets, ``m`` elements per rank):
+
+==============  ==============================  ==============================================
+collective      run(...)                        does
+==============  ==============================  ==============================================
+allreduce       (t, w, ufunc, tag, src)         w = the reduction of every rank's src
+bcast           (t, w, root, tag)               w = root's w, in place
+reduce          (t, w, ufunc, root, tag)        w on root = the reduction, in place
+gather          (t, w, m, root, tag)            w on root = every relative rank's block
+scatter         (t, w, offs, root, tag)         relative rank v gets block v of root's w
+allgather       (t, w, offs, tag)               rank r's block r to every rank
+reduce_scatter  (t, w, offs, ufunc, tag)        block r of w reduced on rank r
+barrier         (t, tag)                        returns once every rank has called it
+==============  ==============================  ==============================================
+
+``traffic`` and ``cost`` take a :class:`mpisim.comm.formulas.Call` with p >= 2 (one rank sends
+nothing and costs nothing) and return (messages, bytes) all ranks send and a
+:class:`~mpisim.comm.formulas.Cost`; ``formula`` takes any p.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    from .formulas import Call, Cost
+
+__all__ = ["ALGORITHMS", "Algorithm", "COLLECTIVES", "choices", "get", "module_getattr", "names", "register",
+           "registered"]
+
+# the collectives, in the order the report lists them
+COLLECTIVES = ("allreduce", "bcast", "reduce", "gather", "scatter", "allgather", "reduce_scatter", "barrier")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registered algorithm of one collective (see the module docstring)."""
+
+    collective: str
+    name: str
+    run: Callable[..., None]
+    traffic: Callable[[Call], tuple[int, int]]   # exact (messages, bytes) of all ranks, p >= 2
+    cost: Callable[[Call], Cost]                 # closed-form time, p >= 2
+    explain: str                                 # what the formula says, for the report
+    marker: str = ""                             # matplotlib marker; "" takes a free one
+    formula: Callable[[Call], str] | None = None  # allreduce: bytes sent as text in N and n
+
+
+_TABLE: dict[str, dict[str, Algorithm]] = {c: {} for c in COLLECTIVES}
+
+
+def register(collective: str, name: str, run: Callable[..., None], *, traffic: Callable, cost: Callable,
+             explain: str, marker: str = "", formula: Callable | None = None) -> Algorithm:
+    """Register algorithm ``name`` of ``collective``; ValueError if the name is taken or an entry is incomplete."""
+    if collective not in _TABLE:
+        raise ValueError(f"register: unknown collective {collective!r}; choose one of {', '.join(COLLECTIVES)}")
+    algs = _TABLE[collective]
+    if not name or name == "auto" or name in algs:
+        raise ValueError(f"register: {collective} algorithm {name!r} is "
+                         + ("already registered" if name in algs else "not a name an algorithm can take"))
+    if collective == "allreduce" and formula is None:
+        raise ValueError(f"register: allreduce algorithm {name!r} needs a formula (the bytes sent, as text)")
+    alg = Algorithm(collective, name, run, traffic, cost, explain, marker, formula)
+    algs[name] = alg
+    return alg
+
+
+@contextlib.contextmanager
+def registered(collective: str, name: str, run: Callable[..., None], **entry) -> Iterator[Algorithm]:
+    """:func:`register` for the duration of a ``with`` block (a test's algorithm), then remove it again."""
+    alg = register(collective, name, run, **entry)
+    try:
+        yield alg
+    finally:
+        del _TABLE[collective][name]
+
+
+def get(collective: str, name: str) -> Algorithm:
+    """The entry of algorithm ``name`` of ``collective``; ValueError naming the choices if there is none."""
+    try:
+        return _TABLE[collective][name]
+    except KeyError:
+        raise ValueError(f"unknown {collective} algorithm {name!r}; choose one of "
+                         f"{', '.join(_TABLE.get(collective, ()))}") from None
+
+
+def names(collective: str) -> tuple[str, ...]:
+    """The registered algorithms of ``collective``, in the order they were registered."""
+    return tuple(_TABLE[collective])
+
+
+def choices(collective: str) -> tuple[str, ...]:
+    """What a collective's ``algorithm`` argument takes: ``auto`` (its own choice), then :func:`names`."""
+    return ("auto", *names(collective))
+
+
+class _Algorithms(Mapping):
+    """{collective: tuple of algorithm names}, read from the registry on every access."""
+
+    def __getitem__(self, collective: str) -> tuple[str, ...]:
+        return names(collective)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COLLECTIVES)
+
+    def __len__(self) -> int:
+        return len(COLLECTIVES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+ALGORITHMS: Mapping[str, tuple[str, ...]] = _Algorithms()
+
+
+def module_getattr(module: str, **tuples: str) -> Callable[[str], tuple[str, ...]]:
+    """A module ``__getattr__`` (PEP 562) that computes each of ``tuples`` (NAME=collective) from
+    :func:`choices` on every access, so ``BCAST_ALGORITHMS`` and the like follow the registry."""
+    def __getattr__(attr: str) -> tuple[str, ...]:
+        if attr in tuples:
+            return choices(tuples[attr])
+        raise AttributeError(f"module {module!r} has no attribute {attr!r}")
+    return __getattr__
