@@ -1,4 +1,6 @@
-"""mpisim.calibrate: the weighted fit on synthetic data, and the tool under real mpiexec."""
+"""mpisim.calibrate: the weighted fit on synthetic data, the passes through bursts of load (simulated
+ranks, synthetic timings), and the tool under real mpiexec."""
+import collections
 import json
 import os
 import subprocess
@@ -7,11 +9,15 @@ import sys
 import numpy as np
 import pytest
 
-from mpisim.calibrate import fit_alpha_beta, size_range, to_network
+import mpisim.calibrate as calib
+from mpisim.calibrate import CalibrationError, calibrate, fit_alpha_beta, size_range, to_network
+from mpisim.comm import RankError, run_simulated
 from mpisim.comm.network import parse_network
 from tests.mpirun import ROOT, run_mpi
 
 SIZES = [4 ** k for k in range(13)]   # 1 B .. 16 MiB
+PP_SIZES = [16, 64, 256, 1024, 4096, 16384, 65536, 262144]   # the quick test's --sizes 16:256K
+ALPHA, BETA, GAMMA = 5e-6, 1 / 8e9, 1 / 60e9   # a plausible shared-memory machine
 
 
 def test_fit_recovers_exact_alpha_and_beta():
@@ -54,6 +60,71 @@ def test_size_range_and_network():
     assert parse_network(net.spec()).seconds == pytest.approx(net.seconds, rel=1e-3)
 
 
+def _fake_timings(monkeypatch, burst):
+    """Replace the timed loops by synthetic one-way times: alpha + n*beta, up to 5% jitter, plus
+    ``burst(n, call)`` seconds on every sample of rank 0's ``call``-th pass of size n (a burst of
+    load that lasts a whole size, as a descheduled rank does). Returns rank 0's calls per size."""
+    calls = collections.Counter()
+
+    def pingpong(t, n, reps):
+        if t.rank != 0:
+            return np.ones(reps)   # rank 1's times are never used
+        calls[n] += 1
+        rng = np.random.default_rng([n, calls[n]])
+        return (ALPHA + n * BETA) * (1 + rng.uniform(0, 0.05, reps)) + burst(n, calls[n])
+
+    monkeypatch.setattr(calib, "_pingpong", pingpong)
+    monkeypatch.setattr(calib, "_reduction", lambda n, reps: np.full(reps, n * GAMMA))
+    return calls
+
+
+def test_a_burst_of_load_is_measured_again_and_the_minima_recover_beta(monkeypatch):
+    # pass 1: the medians of 5 round trips of a run that printed beta=0 on a loaded machine (us)
+    loaded = dict(zip(PP_SIZES, np.array([1398, 449, 1401, 436, 1382, 117, 357, 192]) * 1e-6))
+    calls = _fake_timings(monkeypatch, lambda n, call: loaded[n] - (ALPHA + n * BETA) if call == 1 else 0.0)
+    assert fit_alpha_beta(PP_SIZES, list(loaded.values()))[1] == 0   # one pass alone gives beta = 0
+    res = run_simulated(2, calibrate, PP_SIZES, 5, gamma_sizes=[1 << 16, 1 << 18, 1 << 20])[0]
+    assert res["passes"] == 2 and all(calls[n] == 2 for n in PP_SIZES)
+    assert res["alpha_s"] == pytest.approx(ALPHA, rel=0.05)
+    assert res["beta_s_per_byte"] == pytest.approx(BETA, rel=0.05)
+    assert res["gamma_s_per_byte"] == pytest.approx(GAMMA, rel=1e-6)
+    assert res["fit_off"] <= calib.ROUGH
+    net = parse_network(res["network"])
+    assert net.alpha > 0 and net.beta > 0 and net.gamma > 0
+    assert all(0 < r["min_s"] <= r["median_s"] for r in res["pingpong"] + res["reduction"])
+    assert all(r["median_s"] > 2 * r["min_s"] for r in res["pingpong"])   # the burst shows in the medians
+
+
+def test_a_quiet_machine_needs_one_pass(monkeypatch):
+    calls = _fake_timings(monkeypatch, lambda n, call: 0.0)
+    res = run_simulated(2, calibrate, PP_SIZES, 5, gamma_sizes=[1 << 16, 1 << 18])[0]
+    assert res["passes"] == 1 and set(calls.values()) == {1}
+    assert res["beta_s_per_byte"] == pytest.approx(BETA, rel=0.05)
+
+
+def test_noise_that_hides_beta_is_an_error_not_a_spec(monkeypatch):
+    # every pass: ms of noise that falls with size, so the slope is never > 0
+    calls = _fake_timings(monkeypatch, lambda n, call: 2e-3 - n * 2e-9)
+    with pytest.raises(RankError) as info:
+        run_simulated(2, calibrate, PP_SIZES, 5, gamma_sizes=[1 << 16, 1 << 18])
+    assert isinstance(info.value.exc, CalibrationError)
+    msg = str(info.value.exc)
+    assert "beta not > 0" in msg and "too busy" in msg and "--reps" in msg
+    assert set(calls.values()) == {calib.PASSES}   # measured again, then gave up
+
+
+@pytest.mark.timeout(30)
+def test_busy_machine_exits_1_with_a_clear_message(tmp_path):
+    out = tmp_path / "calib.json"
+    code = ("import sys, numpy as np, mpisim.calibrate as c\n"
+            "c._pingpong = lambda t, n, reps: np.full(reps, 2e-3 - n * 1e-9)\n"
+            f"sys.exit(c.main(['--quick', '--sizes', '16:64K', '--reps', '2', '--json', {str(out)!r}]))\n")
+    res = run_mpi(2, "-c", code, timeout=25)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "error: the fit came out with beta not > 0" in res.stderr and "Traceback" not in res.stderr
+    assert "--network" not in res.stdout and not out.exists()
+
+
 @pytest.mark.timeout(60)
 def test_quick_validate_under_mpiexec(tmp_path):
     out = tmp_path / "sub" / "calib.json"   # the missing folder is created
@@ -66,6 +137,7 @@ def test_quick_validate_under_mpiexec(tmp_path):
     assert data["ranks"] == 2
     assert [r["bytes"] for r in data["pingpong"]] == [16, 64, 256, 1024, 4096, 16384, 65536, 262144]
     assert all(0 < r["min_s"] <= r["median_s"] for r in data["pingpong"])
+    assert 1 <= data["passes"] <= calib.PASSES and data["reps"] == 20
     assert {r["algorithm"] for r in data["validation"]} == {
         "naive", "tree", "recursive_doubling", "ring", "rabenseifner"}
     assert all(r["measured_s"] > 0 and r["model_s"] > 0 for r in data["validation"])
