@@ -1,15 +1,11 @@
 """``python -m mpisim``: what can be run, one line each, with the command that runs it."""
 import sys
 
+# the paradigms, in the order they are listed; each module declares PARADIGM (mpisim.train.runtime).
+# Adding a paradigm is its module, its tests, its section in docs/paradigms.md and one name here.
+PARADIGMS = ("centralized", "allreduce", "paramserver", "fedavg", "localsgd", "easgd", "gossip")
+
 TOOLS = [
-    ("mpisim.centralized", "train the MLP in one process: the baseline for every paradigm",
-     "python -m mpisim.centralized"),
-    ("mpisim.allreduce", "data-parallel SGD: the gradient summed by an allreduce (ring, tree, ..., mpi)",
-     "mpiexec -n 2 python -m mpisim.allreduce   (or: python -m mpisim.allreduce --sim 4)"),
-    ("mpisim.paramserver", "parameter server: sync, async or stale-synchronous (--mode), sharded (--servers)",
-     "mpiexec -n 3 python -m mpisim.paramserver   (or: python -m mpisim.paramserver --sim 4)"),
-    ("mpisim.fedavg", "federated averaging: 100 clients, IID or non-IID, secure aggregation, DP",
-     "mpiexec -n 3 python -m mpisim.fedavg   (or: python -m mpisim.fedavg --sim 3)"),
     ("mpisim.bench", "allreduce algorithms next to MPI's own Allreduce (OSU-style table)",
      "mpiexec -n 2 python -m mpisim.bench"),
     ("mpisim.analysis", "complexity report: every collective simulated next to its alpha-beta-gamma formula",
@@ -23,10 +19,23 @@ TOOLS = [
 ]
 
 
+def paradigm_tools() -> list[tuple[str, str, str]]:
+    """(module, what, command) of every paradigm, from its declaration."""
+    import importlib
+    out = []
+    for name in PARADIGMS:
+        par = importlib.import_module(f"mpisim.{name}").PARADIGM
+        cmd = (f"mpiexec -n 2 {par.prog}   (or: {par.prog} --sim {par.default_ranks})" if par.cluster
+               else par.prog)
+        out.append((f"mpisim.{name}", par.description[0].lower() + par.description[1:].rstrip("."), cmd))
+    return out
+
+
 def main() -> int:
     print("mpisim: a simulated cluster for distributed ML on pure message passing\n")
-    width = max(len(name) for name, _, _ in TOOLS)
-    for name, what, cmd in TOOLS:
+    tools = paradigm_tools() + TOOLS
+    width = max(len(name) for name, _, _ in tools)
+    for name, what, cmd in tools:
         print(f"  {name:<{width}}  {what}\n  {'':<{width}}  $ {cmd}")
     print("\nLibrary: mpisim.comm (transports and collectives), mpisim.run_simulated(n, fn). "
           "Add --help to any tool for its options.")

@@ -270,7 +270,8 @@ class DataParallel(Role):
 
 
 PARADIGM = Paradigm(name="allreduce", doc=__doc__, setup=DataParallel, options=Options, add_args=add_args,
-                    check=check, description="Data-parallel SGD: the gradient averaged by an allreduce.")
+                    check=check,
+                    description="Data-parallel SGD: the gradient summed by an allreduce (ring, tree, ..., or MPI's own).")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 

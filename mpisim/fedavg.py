@@ -339,7 +339,7 @@ class Clients(Federated):
 PARADIGM = Paradigm(name="fedavg", doc=__doc__, setup=lambda run: (Server if run.rank == 0 else Clients)(run),
                     options=Options, add_args=add_args, check=check, check_world=check_world, default_ranks=3,
                     unit="round", defaults=dict(epochs=30, lr=0.05, optimizer="sgd"),
-                    description="Federated averaging over K clients on N-1 client ranks.")
+                    description="Federated averaging over K clients on N-1 ranks: IID or not, secure aggregation, DP.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 

@@ -386,7 +386,7 @@ class ParameterServer(Role):
 
 PARADIGM = Paradigm(name="paramserver", doc=__doc__, setup=ParameterServer, options=Options, add_args=add_args,
                     check=check, check_world=check_world,
-                    description="Parameter-server SGD: sync, async or stale-synchronous.")
+                    description="Parameter-server SGD: sync, async or stale-synchronous, sharded over --servers.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 

@@ -30,13 +30,15 @@ from typing import Any, Callable
 import numpy as np
 
 from ..comm import allreduce
+from ..data import epoch_permutation
 from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, add_cluster_args,
                           check_cluster_args, comm_report, default_to_sim, launch, maybe_fail, share_resume,
                           stop_here)
-from .loop import build_dataset, build_model, build_optimizer, build_schedule, data_fingerprint, save_state
+from .loop import (build_dataset, build_model, build_optimizer, build_schedule, data_fingerprint, gather_batch,
+                   save_state)
 from .options import TrainOptions, add_training_args, check_training_args, options_from, run_config
 
-__all__ = ["Config", "NoOptions", "Paradigm", "Payload", "Role", "Run", "summary_line"]
+__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Payload", "Role", "Run", "summary_line"]
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,49 @@ class Run:
         self.rep.say(line)
         result["summary"] = line
         return result
+
+
+class LocalSteps:
+    """Local SGD steps of one of ``members`` training ranks (this one is number ``index``): in step i of an
+    epoch it takes its strided share ``batch[index::members]`` of the global batch i (DistributedSampler's
+    split, as :mod:`mpisim.allreduce`), so a step of all members covers the global batch once.
+
+    The gradient is the share's loss summed with weight ``members / len(batch)``: the mean loss when the
+    shares are equal, and in general the weight that makes the average of the members' steps equal one
+    step on the global batch (plain SGD), so averaging the parameters after each step is allreduce SGD.
+    """
+
+    def __init__(self, run: Run, index: int, members: int) -> None:
+        self.run, self.index, self.members = run, index, members
+        B, n = run.train.batch_size, run.ds.num_train
+        self.xbuf = np.empty((-(-min(B, n) // members), run.ds.num_features), dtype=run.model.dtype)
+        self.sums = np.zeros(3, dtype=np.float64)          # this epoch: loss sum, correct, seen
+        self.done = 0                                      # steps over the run, for --inject-fault
+        self.perm = np.zeros(0, dtype=np.int64)
+
+    def start(self, epoch: int) -> None:
+        """The epoch's global batches (the same permutation on every rank) and its dropout masks."""
+        run = self.run
+        run.model.seed_dropout(epoch, run.rank)
+        self.perm = epoch_permutation(run.ds.num_train, seed=run.train.seed, epoch=epoch)
+        self.sums[:] = 0
+
+    def step(self, epoch: int, i: int) -> None:
+        """Step ``i`` of ``epoch``: forward, backward and the optimizer on this rank's share."""
+        run, B = self.run, self.run.train.batch_size
+        batch = self.perm[i * B:(i + 1) * B]
+        mine = batch[self.index::self.members]
+        run.opt.lr = run.lr_at(epoch + i / run.steps)
+        xb = gather_batch(run.x_train, mine, self.xbuf)
+        run.maybe_fail(self.done + 1, xb)
+        with run.meter.computing():
+            with np.errstate(all="ignore"):        # a diverging run is caught just below
+                loss, c = run.model.train_step(xb, run.ds.y_train[mine], scale=self.members / len(batch))
+            run.t.compute(run.model.train_flops(len(mine)))   # virtual time, with --network ...,compute=RATE
+            run.check_finite(loss, f"at epoch {epoch + 1}, step {i + 1} on rank {run.rank}")
+            run.opt.step()
+        self.sums += (loss * len(mine), c, len(mine))
+        self.done += 1
 
 
 def summary_line(records: list[dict], run_now: int, unit: str, wall: float, report: CommReport | None) -> str:

@@ -43,6 +43,19 @@ def test_paramserver_and_fedavg_under_mpi(argv, tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv", [["-m", "mpisim.localsgd", "--sync-every", "3"],
+                                  ["-m", "mpisim.easgd", "--mode", "async", "--lr", "0.005"]])
+def test_localsgd_and_easgd_under_mpi(argv, tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    res = run_mpi(2, *argv, "--epochs", "2", "--hidden", "32", "--metrics", str(metrics), timeout=100)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "(MPI)" in res.stdout and "  agrees" in res.stdout and "DIFFERS" not in res.stdout
+    assert "matches the formula" in res.stdout
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert len(records) == 2 and records[-1]["test_acc"] > 0.2     # learned beyond chance (0.1)
+
+
+@pytest.mark.timeout(120)
 def test_paramserver_on_one_rank_is_a_clear_error():
     res = run_mpi(1, "-m", "mpisim.paramserver", "--quiet", timeout=60)
     assert res.returncode == 1

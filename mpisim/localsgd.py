@@ -1,0 +1,114 @@
+"""``mpisim.localsgd``: local SGD, periodic model averaging (Stich 2019, "Local SGD Converges Fast and
+Communicates Little"; Lin et al. 2020, "Don't Use Large Mini-Batches, Use Local SGD").
+
+Every rank holds a replica and its own optimizer state. In step i of an epoch each rank takes one
+optimizer step on its strided share of the global batch i (as mpisim.allreduce splits it); every H steps
+(``--sync-every H``), and after an epoch's last step, one allreduce averages the parameters. So the
+ranks exchange the model once per H steps instead of the gradient every step: H times fewer bytes, at the
+price of replicas that drift apart between averages. With plain SGD and H = 1 this is allreduce SGD (the
+tests check it in float64). ``--post-local E`` runs H = 1 for the first E epochs and H afterwards (Lin et
+al.'s post-local SGD: average every step while the loss falls fast, then save communication).
+
+Optimizer state (momentum, Adam's moments) stays local; a resume starts every rank from rank 0's model and
+optimizer state.
+
+    python -m mpisim.localsgd --sim 4                                  # H = 4, digits
+    python -m mpisim.localsgd --sim 4 --sync-every 16 --post-local 2
+    mpiexec -n 2 python -m mpisim.localsgd --sync-every 8 --algorithm ring
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from .comm import ALLREDUCE_ALGORITHMS, allreduce
+from .comm.costs import allreduce_formula, allreduce_traffic
+from .train.distributed import Formula
+from .train.options import _int_at_least
+from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run
+
+
+@dataclass(frozen=True)
+class Options:
+    sync_every: int = 4            # H: local steps between two averages
+    post_local: int = 0            # average every step for the first E epochs
+    algorithm: str = "auto"        # the allreduce that averages
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("local SGD")
+    g.add_argument("--sync-every", type=_int_at_least(1, "a number of steps H >= 1"), default=4, metavar="H",
+                   help="average the parameters every H local steps and at each epoch's end (default 4)")
+    g.add_argument("--post-local", type=_int_at_least(0, "a number of epochs >= 0"), default=0, metavar="E",
+                   help="average every step (H = 1) for the first E epochs (default 0)")
+    g.add_argument("--algorithm", choices=ALLREDUCE_ALGORITHMS, default="auto",
+                   help="the allreduce that averages (default auto)")
+
+
+def check(p: argparse.ArgumentParser, train, o: Options) -> None:
+    if train.batchnorm:
+        p.error("--batchnorm is not supported by localsgd: running statistics are not averaged "
+                "(use mpisim.allreduce)")
+
+
+class LocalSGD(Role):
+    """A replica: local steps on its share, the parameters averaged every H steps."""
+
+    def __init__(self, run: Run) -> None:
+        super().__init__(run)
+        o, tr, N = run.opts, run.train, run.size
+        self.local = LocalSteps(run, run.rank, N)
+        self.averages = 0
+        self.title = f"local SGD (H={o.sync_every}), {N} ranks, {run.ds.name}, {run.model.describe()}"
+        run.say(f"localsgd: {N} rank{'s' if N > 1 else ''} ({run.where()}), {run.ds.describe()}")
+        run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g} on every rank, global batch "
+                f"{tr.batch_size} (~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; average every "
+                f"{o.sync_every} step{'s' if o.sync_every > 1 else ''}"
+                + (f" (every step for the first {o.post_local} epochs)" if o.post_local else "")
+                + f" by allreduce {o.algorithm}"
+                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+
+    def period(self, epoch: int) -> int:
+        return 1 if epoch < self.run.opts.post_local else self.run.opts.sync_every
+
+    def epoch(self, epoch: int) -> dict | None:
+        run, H = self.run, self.period(epoch)
+        self.local.start(epoch)
+        for i in range(run.steps):
+            self.local.step(epoch, i)
+            if (i + 1) % H == 0 or i == run.steps - 1:
+                self.average()
+        tot = run.totals(self.local.sums)
+        return run.figures(tot, run.opt.lr) if run.rank == 0 else None
+
+    def average(self) -> None:
+        run, params = self.run, self.run.model.params
+        with run.meter.comm("payload"):
+            allreduce(run.t, params, algorithm=run.opts.algorithm, out=params, check=False)
+        with run.meter.computing():
+            params /= run.size          # every rank holds the same sum: the same average, bit for bit
+        self.averages += 1
+
+    def payload(self) -> Payload:
+        """A averages, each one allreduce of the P parameters."""
+        run, o, N = self.run, self.run.opts, self.run.size
+        P, b, A = run.model.num_params, run.model.params.itemsize, self.averages
+        m, nbytes = (A * x for x in allreduce_traffic(o.algorithm, P, b, N))
+        text = f"A·{allreduce_formula(o.algorithm, P, b, N).replace('·n', '·b·P')}"
+        legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, "
+                  f"A = {A} averages (every H = {o.sync_every} of S = {self.local.done} steps and at each "
+                  f"epoch's end), algorithm {o.algorithm}. Payload: the parameters, one allreduce per average")
+        return Payload({"rank": list(range(N))}, {"rank": Formula(text, m, nbytes, m, nbytes)}, legend)
+
+    def result(self) -> dict:
+        return {"steps": self.local.done, "averages": self.averages}
+
+
+PARADIGM = Paradigm(name="localsgd", doc=__doc__, setup=LocalSGD, options=Options, add_args=add_args, check=check,
+                    description="Local SGD: H local steps on every rank, then the parameters averaged.")
+build_parser, main = PARADIGM.build_parser, PARADIGM.main
+
+
+if __name__ == "__main__":
+    sys.exit(main())
