@@ -35,12 +35,16 @@ from .loop import RunState, restore_state
 from .options import TrainOptions, _int_at_least
 
 __all__ = ["add_cluster_args", "check_cluster_args", "launch", "Meter", "comm_report", "CommReport", "Formula",
-           "share_resume", "ParadigmError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
+           "share_resume", "ParadigmError", "UsageError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
            "default_to_sim", "under_mpiexec", "stop_here"]
 
 
 class ParadigmError(RuntimeError):
-    """A run that cannot go on (a wrong rank count, a diverged loss): a message, not a traceback."""
+    """A run that cannot go on (a diverged loss, a bad checkpoint): a message, not a traceback (exit 1)."""
+
+
+class UsageError(ParadigmError):
+    """Options that cannot run on this many ranks, found once the rank count is known (exit 2)."""
 
 
 # errors a user can cause and read: printed as one line naming the rank, no traceback
@@ -123,7 +127,7 @@ def launch(prog: str, train: TrainOptions, body: Callable[..., Any], *args: Any,
 
     ``train.sim`` ranks simulated in this process, else this process's MPI rank; ``local``: one process
     without a cluster (its errors name no rank). 0: done. 1: an error on some rank (named in the
-    message). 130: interrupted (Ctrl-C).
+    message). 2: options that this many ranks cannot run. 130: interrupted (Ctrl-C).
     """
     if train.sim or local:
         return _launch_sim(prog, train, body, args, local)
@@ -131,6 +135,9 @@ def launch(prog: str, train: TrainOptions, body: Callable[..., Any], *args: Any,
     t = mpi_transport()          # an uncaught exception on any rank aborts the job, naming the rank
     try:
         _with_ftz(t, body, *args)
+    except UsageError as e:      # raised by rank 0 alone; the others have returned
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 2
     except EXPECTED_ERRORS as e:
         print(f"{prog}: error: rank {t.rank} of {t.size}: {_describe(e)}", file=sys.stderr, flush=True)
         if t.size > 1:
@@ -167,6 +174,9 @@ def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) 
         if isinstance(e.exc, KeyboardInterrupt):     # one rank runs on this thread
             _interrupted(prog, train)
             return 130
+        if isinstance(e.exc, UsageError):
+            print(f"{prog}: error: {e.exc}", file=sys.stderr, flush=True)
+            return 2
         if not isinstance(e.exc, EXPECTED_ERRORS):
             traceback.print_exception(type(e.exc), e.exc, e.exc.__traceback__, file=sys.stderr)
         where = "" if local else f"rank {e.rank} of {e.size} failed: "

@@ -17,12 +17,21 @@ from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
 from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
 
-__all__ = ["add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
+__all__ = ["Parser", "add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
            "TrainOptions", "options_from"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
                      "download", "device", "matmul_backend", "inject_fault")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a short usage error: the tools have dozens of options, so a bad one gets two lines
+    (a pointer to --help and what is wrong) instead of the whole usage block; exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"usage: {self.prog} [options]   ({self.prog} --help lists them)\n"
+                     f"{self.prog}: error: {message}\n")
 
 
 def _int_at_least(minimum: int, what: str):

@@ -6,7 +6,8 @@ A paradigm is one small module that declares a :class:`Paradigm` and supplies on
   and checked by ``check(parser, train, opts)`` (usage errors, exit 2; it may return a corrected copy).
   The runtime builds :class:`~mpisim.train.options.TrainOptions` and the paradigm's dataclass once from
   argparse: no domain code sees the Namespace. ``check_world(train, opts, N)`` says why a rank count
-  cannot run, before anything is built.
+  cannot run, before anything is built: a usage error (exit 2), at parsing with ``--sim N``, else once
+  the MPI job knows its size.
 * **its roles**: ``setup(run)`` returns this rank's :class:`Role`, given the built :class:`Run`
   (transport, options, dataset, model, optimizer, schedule, resumed state, ledger, rank 0's reporter).
   ``Role.epoch(i)`` does one epoch (or round) of work and returns rank 0's figures for the record
@@ -31,12 +32,12 @@ import numpy as np
 
 from ..comm import allreduce
 from ..data import epoch_permutation
-from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, add_cluster_args,
-                          check_cluster_args, comm_report, default_to_sim, launch, maybe_fail, share_resume,
-                          stop_here)
+from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, UsageError,
+                          add_cluster_args, check_cluster_args, comm_report, default_to_sim, launch, maybe_fail,
+                          share_resume, stop_here)
 from .loop import (build_dataset, build_model, build_optimizer, build_schedule, data_fingerprint, gather_batch,
                    save_state)
-from .options import TrainOptions, add_training_args, check_training_args, options_from, run_config
+from .options import Parser, TrainOptions, add_training_args, check_training_args, options_from, run_config
 
 __all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Payload", "Role", "Run", "summary_line"]
 
@@ -124,7 +125,7 @@ class Paradigm:
         return f"python -m mpisim.{self.name}"
 
     def build_parser(self) -> argparse.ArgumentParser:
-        p = argparse.ArgumentParser(prog=self.prog, description=self.description,
+        p = Parser(prog=self.prog, description=self.description,
                                     epilog=self.doc.rsplit("\n\n", 1)[1],
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         add_training_args(p, unit=self.unit, **self.defaults)
@@ -144,6 +145,10 @@ class Paradigm:
         train, opts = options_from(TrainOptions, args), options_from(self.options, args)
         if self.check:
             opts = self.check(p, train, opts) or opts
+        if self.check_world and train.sim:
+            problem = self.check_world(train, opts, train.sim)
+            if problem:
+                p.error(problem)
         return Config(train, opts)
 
     def main(self, argv=None) -> int:
@@ -154,10 +159,10 @@ class Paradigm:
     def run_rank(self, t, cfg: Config) -> dict | None:
         """This rank's part of the run; rank 0 returns its last record, the model and the table."""
         problem = self.check_world(cfg.train, cfg.opts, t.size) if self.check_world else None
-        if problem:
+        if problem:                                      # a usage error (exit 2), said once by rank 0
             if t.rank == 0:
-                raise ParadigmError(problem)
-            return None                                  # rank 0's error ends the job
+                raise UsageError(problem)
+            return None
         try:
             run = Run(t, self, cfg)
             role = self.setup(run)
@@ -217,11 +222,12 @@ class Run:
         """Seconds since this epoch started."""
         return time.perf_counter() - self.epoch_started
 
-    def totals(self, sums: np.ndarray) -> np.ndarray:
-        """``sums`` (loss sum, correct, seen, ...) followed by this epoch's payload messages and bytes,
-        compute and comm seconds, summed over all ranks by one small control allreduce."""
+    def totals(self, sums: np.ndarray, extra=()) -> np.ndarray:
+        """``sums`` (loss sum, correct, seen), this epoch's payload messages and bytes, compute and comm
+        seconds, then the paradigm's ``extra`` figures (from index 7 on), each summed over all ranks by
+        one small control allreduce."""
         now = self.meter.snapshot()
-        tot = np.concatenate([sums, [now[k] - self.before[k] for k in now]])
+        tot = np.concatenate([sums, [now[k] - self.before[k] for k in now], extra]).astype(np.float64)
         with self.meter.comm("control"):
             allreduce(self.t, tot, out=tot, check=False)
         return tot
