@@ -187,17 +187,21 @@ class Server:
                     self.t.send(cmd, st.source, TAG_CMD)
             else:
                 held.append(w)
-            # ssp: a worker may start its next step when it is at most s steps ahead of the slowest
-            slowest = clock[~done].min() if (~done).any() else 0
-            for h in list(held):
-                if s is None or clock[h] - slowest <= s:
-                    held.remove(h)
-                    cmd[0] = GO
-                    with self.meter.comm("control"):
-                        self.t.send(cmd, self.worker_rank(h), TAG_CMD)
-                    pulled[h] = version
-                    self.pull(h)
+            self.release(held, clock, done, s, pulled, version)
         assert applied == budget, (applied, budget)
+
+    def release(self, held: list[int], clock, done, s: int | None, pulled, version: int) -> None:
+        """Server 0 lets held workers go on: each at once (async), or (ssp) when it is at most s steps
+        ahead of the slowest unfinished worker; a released worker pulls the parameters of ``version``."""
+        slowest = clock[~done].min() if (~done).any() else 0
+        go = np.array([GO], dtype=np.int64)
+        for h in list(held):
+            if s is None or clock[h] - slowest <= s:
+                held.remove(h)
+                with self.meter.comm("control"):
+                    self.t.send(go, self.worker_rank(h), TAG_CMD)
+                pulled[h] = version
+                self.pull(h)
 
 
 # -- workers -----------------------------------------------------------------------------------------------
