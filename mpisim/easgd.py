@@ -31,7 +31,7 @@ import numpy as np
 from .comm import ANY_SOURCE
 from .comm._common import block_offsets
 from .train.distributed import Formula
-from .train.options import _int_at_least
+from .train.options import _float_between, _int_at_least
 from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run
 
 TAG_X, TAG_DIFF, TAG_CENTER = 401, 402, 403
@@ -46,22 +46,12 @@ class Options:
     period: int = 4                    # tau: local steps between two exchanges
 
 
-def _elasticity(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
-    return v
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("elastic averaging")
     g.add_argument("--servers", type=_int_at_least(1, "a number of servers >= 1"), default=1, metavar="S",
                    help="ranks 0..S-1 hold the center variable, one shard each (default 1)")
     g.add_argument("--mode", choices=MODES, default="sync", help="(default sync)")
-    g.add_argument("--elasticity", type=_elasticity, default=None, metavar="ALPHA",
+    g.add_argument("--elasticity", type=_float_between(0, 1, "a number in (0, 1)"), default=None, metavar="ALPHA",
                    help="alpha = eta rho in (0, 1): how far worker and center move toward each other "
                         "(default 0.9 / W for W workers)")
     g.add_argument("--period", type=_int_at_least(1, "a number of steps tau >= 1"), default=4, metavar="TAU",

@@ -41,7 +41,7 @@ from .data.partition import data_rng
 from .train import gather_batch
 from .train.distributed import Formula
 from .train.federated import make_strategy, plot_partition
-from .train.options import _int_at_least, prepare_output_file
+from .train.options import _float_between, _int_at_least, prepare_output_file
 from .train.runtime import Paradigm, Payload, Role, Run
 
 PROG = "python -m mpisim.fedavg"
@@ -87,14 +87,7 @@ def _bad_client(text: str) -> tuple[int, str]:
     return c, kind
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return v
+_positive_float = _float_between(0, float("inf"), "a finite number > 0")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

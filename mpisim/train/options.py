@@ -47,6 +47,19 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
+def _float_between(low: float, high: float, what: str):
+    """An argparse type: a number v with low < v < high (so never NaN), described as ``what``."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low < v < high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    return parse
+
+
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
 
