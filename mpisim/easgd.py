@@ -69,6 +69,14 @@ def check_world(train, o: Options, N: int) -> str | None:
     if N < o.servers + 1:
         return (f"easgd needs at least {o.servers + 1} ranks ({o.servers} server(s) and a worker), got {N}: "
                 f"mpiexec -n {o.servers + 1} python -m mpisim.easgd or --sim {o.servers + 1}")
+    W = N - o.servers
+    if o.mode == "sync" and o.elasticity is not None and (W + 1) * o.elasticity >= 2:
+        return (f"--elasticity {o.elasticity:g} with {W} workers: synchronous EASGD multiplies the gap between the "
+                f"workers' mean and the center by 1 - (W+1) alpha at each exchange, so it diverges unless "
+                f"alpha < 2/(W+1) = {2 / (W + 1):.3g}")
+    if train.inject_fault and train.inject_fault[0] < o.servers:
+        return (f"--inject-fault names rank {train.inject_fault[0]}, a server, which takes no training steps: "
+                f"name a worker, rank {o.servers}..{N - 1}")
     return None
 
 

@@ -101,6 +101,9 @@ def check_world(train, o: Options, N: int) -> str | None:
     if o.straggler and not o.servers <= o.straggler[0] < N:
         return (f"--straggler {o.straggler[0]}:...: workers are ranks {o.servers}..{N - 1} "
                 f"(ranks 0..{o.servers - 1} are servers)")
+    if train.inject_fault and train.inject_fault[0] < o.servers:
+        return (f"--inject-fault names rank {train.inject_fault[0]}, a server, which takes no training steps: "
+                f"name a worker, rank {o.servers}..{N - 1}")
     return None
 
 

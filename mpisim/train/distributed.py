@@ -110,6 +110,9 @@ def check_cluster_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         p.error(f"--sim-timeout must be > 0, got {args.sim_timeout}")
     if args.network is not None and args.sim is None and under_mpiexec():
         p.error("--network models the simulated transport: use it with --sim N (under mpiexec the network is real)")
+    if args.sim is not None and under_mpiexec():
+        p.error(f"--sim {args.sim} runs simulated ranks in one process: start it without mpiexec, or drop --sim "
+                f"to run one rank per MPI process")
     if args.inject_fault and args.inject_fault[2] == "kill" and args.sim:
         p.error("--inject-fault ...:kill kills a process: run under mpiexec, not --sim (simulated ranks share one)")
 

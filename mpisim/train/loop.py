@@ -82,8 +82,12 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict) 
     if config.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
         raise CheckpointError(f"{where} was a run of {old_epochs} epochs with --schedule cosine, whose learning "
                               f"rate depends on the number of epochs: resume it with --epochs {old_epochs}")
-    diffs = [f"--{k.replace('_', '-')}: checkpoint has {saved.get(k)!r}, this run has {config.get(k)!r}"
-             for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
+    if saved.get("paradigm") != config.get("paradigm"):
+        raise CheckpointError(f"{where} is a checkpoint of python -m mpisim.{saved.get('paradigm')}, not of "
+                              f"mpisim.{config.get('paradigm')}: resume it with that tool, or choose another "
+                              f"--checkpoint directory")
+    diffs = [f"{_SET_BY.get(k, '--' + k.replace('_', '-'))}: checkpoint has {saved.get(k)!r}, this run has "
+             f"{config.get(k)!r}" for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
     if diffs:
         raise CheckpointError(f"{where} is from a different run; resume with the same options:\n  "
                               + "\n  ".join(diffs))
@@ -98,6 +102,10 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict) 
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
     return RunState(start_epoch=meta["epoch"], history=list(meta.get("history", [])))
+
+
+# what sets the run-defining values that are not options of their own
+_SET_BY = {"ranks": "the rank count (--sim N, or mpiexec -n N)", "data": "the data (--dataset and its options)"}
 
 
 def data_fingerprint(ds: Dataset) -> str:

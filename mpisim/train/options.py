@@ -30,8 +30,19 @@ class Parser(argparse.ArgumentParser):
     (a pointer to --help and what is wrong) instead of the whole usage block; exit status 2."""
 
     def error(self, message: str):
+        if launcher_rank() > 0:          # under mpiexec every process parses: the first one says it
+            self.exit(2)
         self.exit(2, f"usage: {self.prog} [options]   ({self.prog} --help lists them)\n"
                      f"{self.prog}: error: {message}\n")
+
+
+def launcher_rank() -> int:
+    """This process's rank as an MPI launcher told it (MPICH's hydra, Open MPI, PMIx), before MPI starts;
+    0 when there is none."""
+    for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(k, "").isdigit():
+            return int(os.environ[k])
+    return 0
 
 
 def _int_at_least(minimum: int, what: str):

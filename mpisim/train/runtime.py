@@ -145,11 +145,16 @@ class Paradigm:
         train, opts = options_from(TrainOptions, args), options_from(self.options, args)
         if self.check:
             opts = self.check(p, train, opts) or opts
-        if self.check_world and train.sim:
-            problem = self.check_world(train, opts, train.sim)
-            if problem:
-                p.error(problem)
+        problem = self.world_problem(train, opts, train.sim) if train.sim else None
+        if problem:
+            p.error(problem)
         return Config(train, opts)
+
+    def world_problem(self, train: TrainOptions, opts, N: int) -> str | None:
+        """Why these options cannot run on ``N`` ranks (the paradigm's ``check_world`` and the fault's rank)."""
+        if train.inject_fault and train.inject_fault[0] >= N:
+            return f"--inject-fault names rank {train.inject_fault[0]}, but the ranks are 0..{N - 1}"
+        return self.check_world(train, opts, N) if self.check_world else None
 
     def main(self, argv=None) -> int:
         cfg = self.parse(argv)
@@ -158,7 +163,7 @@ class Paradigm:
 
     def run_rank(self, t, cfg: Config) -> dict | None:
         """This rank's part of the run; rank 0 returns its last record, the model and the table."""
-        problem = self.check_world(cfg.train, cfg.opts, t.size) if self.check_world else None
+        problem = self.world_problem(cfg.train, cfg.opts, t.size)
         if problem:                                      # a usage error (exit 2), said once by rank 0
             if t.rank == 0:
                 raise UsageError(problem)

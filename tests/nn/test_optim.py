@@ -203,3 +203,57 @@ def test_bad_model_arguments():
         MLP([4, 2]).forward(np.zeros((3, 5), np.float32))
     with pytest.raises(ValueError, match="p must be in"):
         MLP([4, 3, 2], dropout=1.0)
+
+
+def _steps(opt, p, g, t, n):
+    """n steps on 0.5 * ||p - t||^2 (gradient p - t)."""
+    for _ in range(n):
+        np.subtract(p, t, out=g)
+        opt.step()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_reset_forgets_the_state_in_place_and_then_steps_as_a_fresh_optimizer(name, dtype):
+    kw = {"lr": 0.03, "weight_decay": 1e-2}
+    t = np.linspace(-1, 1, 37).astype(dtype)
+    p, g = np.zeros(37, dtype), np.zeros(37, dtype)
+    opt = make_optimizer(name, p, g, **kw)
+    _steps(opt, p, g, t, 6)
+    assert opt.steps == 6
+    if name != "sgd":                                   # plain SGD keeps a buffer it never uses
+        assert all(v.any() for v in opt.state.values())
+    held = {k: v for k, v in opt.state.items()}         # the arrays, and views into them, as a caller holds
+    views = {k: v[5:9] for k, v in opt.state.items()}
+    opt.lr = 0.011                                      # a schedule changed it
+    opt.reset()
+    assert opt.steps == 0 and opt.lr == 0.011
+    assert opt.state.keys() == held.keys() == set(opt.state_names)
+    for k, v in opt.state.items():
+        assert v is held[k] and v.dtype == dtype and v.shape == p.shape
+        assert not v.any() and not views[k].any()
+    assert opt.params is p and opt.grads is g
+    # from here it must step exactly as a new optimizer made with the same lr on the same parameters
+    p2, g2 = p.copy(), np.zeros_like(g)
+    fresh = make_optimizer(name, p2, g2, **{**kw, "lr": 0.011})
+    _steps(opt, p, g, t, 5)
+    _steps(fresh, p2, g2, t, 5)
+    np.testing.assert_array_equal(p, p2)
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_without_reset_the_old_state_changes_the_steps(name):
+    """The check above can fail: an optimizer that kept its state would step differently."""
+    t = np.linspace(-1, 1, 20).astype(np.float32)
+    p, g = np.zeros(20, np.float32), np.zeros(20, np.float32)
+    opt = make_optimizer(name, p, g, lr=0.03)
+    _steps(opt, p, g, t, 6)
+    p2 = p.copy()
+    fresh = make_optimizer(name, p2, np.zeros_like(g), lr=0.03)
+    _steps(opt, p, g, t, 1)
+    _steps(fresh, p2, fresh.grads, t, 1)
+    assert not np.array_equal(p, p2)

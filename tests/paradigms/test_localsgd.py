@@ -62,3 +62,13 @@ def test_usage_errors(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_another_paradigms_checkpoint_is_refused_by_name(tmp_path, capsys):
+    ck = str(tmp_path / "ck")
+    assert ls.main(["--sim", "2", "--epochs", "1", "--hidden", "8", "--quiet", "--checkpoint", ck]) == 0
+    from mpisim import gossip
+    assert gossip.main(["--sim", "2", "--epochs", "2", "--hidden", "8", "--quiet", "--checkpoint", ck,
+                        "--resume"]) == 1
+    assert "is a checkpoint of python -m mpisim.localsgd, not of mpisim.gossip" in capsys.readouterr().err
+

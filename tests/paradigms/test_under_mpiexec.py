@@ -56,6 +56,13 @@ def test_localsgd_and_easgd_under_mpi(argv, tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_sim_under_mpiexec_is_a_usage_error_said_once():
+    res = run_mpi(2, "-m", "mpisim.localsgd", "--sim", "2", "--quiet", timeout=60)
+    assert res.returncode == 2
+    assert res.stderr.count("runs simulated ranks in one process") == 1 and "Traceback" not in res.stderr
+
+
+@pytest.mark.timeout(120)
 def test_paramserver_on_one_rank_is_a_clear_error():
     res = run_mpi(1, "-m", "mpisim.paramserver", "--quiet", timeout=60)
     assert res.returncode == 2

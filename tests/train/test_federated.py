@@ -1,5 +1,6 @@
 """The FedAvg strategy: sampling, averaging, update checks, DP pieces, secure aggregation, the plot."""
 import math
+from itertools import product
 
 import numpy as np
 import pytest
@@ -7,9 +8,9 @@ from hypothesis import given, settings, strategies as st
 
 from mpisim.data import label_histogram, shard_partition
 from mpisim.train.federated import (
-    FIXED_POINT_BITS, check_update, clip_update, dequantize, gaussian_noise, mask,
-    num_clients_per_round, pair_seed, plot_partition, quantize, sample_clients, secure_sum,
-    weighted_average)
+    FIXED_POINT_BITS, ClientSampler, DifferentialPrivacy, SecureAggregation, Strategy, WeightedAverage,
+    check_update, clip_update, dequantize, gaussian_noise, make_strategy, mask, num_clients_per_round,
+    pair_seed, plot_partition, quantize, sample_clients, secure_sum, weighted_average)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -378,3 +379,184 @@ def test_plot_partition_writes_a_png(tmp_path, clients):
 def test_plot_partition_needs_a_2d_histogram(tmp_path):
     with pytest.raises(ValueError, match="hist"):
         plot_partition(np.zeros(5), tmp_path / "x.png")
+
+
+# ---- strategy objects (make_strategy and what it composes) ---------------------------------------
+
+
+def _updates(k=4, size=300, seed=3, dtype=np.float32):
+    """k updates of magnitude ~1 and k distinct example counts."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(size).astype(dtype) for _ in range(k)], [int(n) for n in rng.integers(1, 400, k)]
+
+
+@pytest.mark.parametrize("secure, clip, noise", list(product([False, True], [None, 1.5], [0.0, 0.7])))
+def test_make_strategy_composes_the_objects_its_options_ask_for(secure, clip, noise):
+    s = make_strategy(num_clients=30, fraction=0.2, seed=9, secure_agg=secure, dp_clip=clip, dp_noise=noise)
+    assert s.sampler == ClientSampler(30, 0.2, 9)
+    assert type(s.rule) is (SecureAggregation if secure else WeightedAverage)
+    assert s.rule.equal is (clip is not None)           # DP-FedAvg weighs every client equally
+    assert s.rule.all_or_nothing is secure
+    if secure:
+        assert s.rule.seed == 9                          # the pairwise masks come from the run seed
+    if clip is None:
+        assert s.privacy is None                         # --dp-noise alone adds nothing
+        assert "DP" not in s.describe()
+    else:
+        assert s.privacy == DifferentialPrivacy(clip, noise, 9)
+        assert f"DP clip {clip:g} noise {noise:g}" in s.describe()
+    rule = "equal-weight average" if clip is not None else "example-weighted average"
+    assert s.describe().startswith(("secure aggregation of the " if secure else "") + rule)
+
+
+def test_all_or_nothing_only_for_secure_aggregation():
+    assert WeightedAverage().all_or_nothing is False
+    assert WeightedAverage(equal=True).all_or_nothing is False
+    assert SecureAggregation().all_or_nothing is True
+    assert SecureAggregation(equal=True, seed=3).all_or_nothing is True
+
+
+@pytest.mark.parametrize("n, frac", [(100, 0.1), (10, 0.35), (7, 1.0), (1, 0.5)])
+def test_client_sampler_is_sample_clients(n, frac):
+    sampler = ClientSampler(n, frac, seed=5)
+    assert sampler.per_round() == num_clients_per_round(n, frac)
+    for r in (0, 1, 17):
+        np.testing.assert_array_equal(sampler.sample(r), sample_clients(n, frac, seed=5, round=r))
+
+
+def test_weighted_average_rule_combines_in_float64():
+    us, ns = _updates()
+    got = WeightedAverage().combine(us, ns, round=0)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, weighted_average(us, ns).astype(np.float64))
+    # equal weights: the plain mean, whatever the counts
+    eq = WeightedAverage(equal=True).combine(us, ns, round=0)
+    assert eq.dtype == np.float64
+    np.testing.assert_array_equal(eq, weighted_average(us, [1] * len(us)).astype(np.float64))
+    np.testing.assert_allclose(eq, np.mean(np.stack(us).astype(np.float64), axis=0), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(eq, got)                     # the counts differ, so the weights matter
+    assert WeightedAverage(equal=True).weight(123) == 1 and WeightedAverage().weight(123) == 123
+
+
+def test_weighted_average_rule_sends_the_update_itself():
+    us, ns = _updates(k=1)
+    assert WeightedAverage().encode(us[0], ns[0], 0, [0], 0) is us[0]
+    assert WeightedAverage().wire_dtype(np.float32) == np.float32
+
+
+@pytest.mark.parametrize("equal", [False, True])
+def test_secure_aggregation_combines_to_the_weighted_average(equal):
+    us, ns = _updates(k=5)
+    rule = SecureAggregation(equal=equal, seed=21)
+    sampled, rnd = [2, 7, 11, 40, 41], 6
+    msgs = [rule.encode(u, n, c, sampled, rnd) for u, n, c in zip(us, ns, sampled)]
+    assert all(m.dtype == np.int64 and m.shape == us[0].shape for m in msgs)
+    assert rule.wire_dtype(np.float32) == np.int64
+    got = rule.combine(msgs, ns, rnd)
+    weights = [1] * len(ns) if equal else ns
+    want = sum(w * u.astype(np.float64) for w, u in zip(weights, us)) / sum(weights)
+    # each client's weighted update rounds to 2**-32 (half a unit each way), the sum of k of them to k
+    # units, divided by the sum of weights
+    tol = len(us) * 2.0 ** -32 / sum(weights) + 4 * np.finfo(np.float64).eps * np.abs(want).max()
+    assert np.abs(got - want).max() <= tol
+    # no single message is the quantized update (it is masked)
+    assert not np.array_equal(msgs[0], quantize(us[0].astype(np.float64) * weights[0]))
+
+
+def test_secure_aggregation_without_one_clients_vector_is_garbage():
+    us, ns = _updates(k=4)
+    rule, sampled = SecureAggregation(seed=2), [0, 3, 5, 8]
+    msgs = [rule.encode(u, n, c, sampled, 1) for u, n, c in zip(us, ns, sampled)]
+    want = WeightedAverage().combine(us, ns, 1)
+    np.testing.assert_allclose(rule.combine(msgs, ns, 1), want, atol=1e-6)
+    for drop in range(4):
+        keep = [k for k in range(4) if k != drop]
+        partial = rule.combine([msgs[k] for k in keep], [ns[k] for k in keep], 1)
+        # the masks of the dropped client's pairs no longer cancel: values far beyond the updates' scale
+        assert np.abs(partial - want).max() > 1e3
+
+
+def test_client_message_of_a_non_finite_update():
+    bad = np.array([1.0, np.nan, 2.0], np.float32)
+    for privacy in (None, DifferentialPrivacy(1.0, 0.5, 0)):
+        plain = Strategy(ClientSampler(10, 0.5, 0), WeightedAverage(equal=privacy is not None), privacy)
+        msg, ok = plain.client_message(bad, 10, 1, [1, 2], 0)
+        assert msg is bad and ok is False                 # sent as it is, for the server to reject
+        assert np.isnan(bad[1]) and bad[0] == 1.0         # and not clipped
+        secure = Strategy(ClientSampler(10, 0.5, 0), SecureAggregation(equal=privacy is not None), privacy)
+        msg, ok = secure.client_message(bad, 10, 1, [1, 2], 0)
+        assert ok is False and msg.dtype == np.int64 and msg.shape == (0,)   # cannot be masked: nothing
+    inf = np.array([np.inf, 0.0], np.float64)
+    assert Strategy(ClientSampler(10, 0.5, 0), WeightedAverage()).client_message(inf, 3, 0, [0], 0)[1] is False
+
+
+def test_client_message_clips_to_the_dp_norm_before_encoding():
+    rng = np.random.default_rng(4)
+    big = (10 * rng.standard_normal(500)).astype(np.float32)          # norm ~ 224
+    clip = 2.5
+    # plain averaging: the update itself, clipped in place
+    s = make_strategy(num_clients=10, fraction=0.5, seed=1, dp_clip=clip)
+    u = big.copy()
+    msg, ok = s.client_message(u, 40, 3, [3, 4], 0)
+    assert ok and msg is u
+    norm = np.linalg.norm(msg.astype(np.float64))
+    assert norm <= clip * (1 + 1e-6) and norm == pytest.approx(clip, rel=1e-5)
+    np.testing.assert_allclose(msg / norm, big / np.linalg.norm(big.astype(np.float64)), rtol=1e-5, atol=1e-7)
+    # secure aggregation: the clipped update is what gets encoded (one sampled client: no mask)
+    s = make_strategy(num_clients=10, fraction=0.5, seed=1, dp_clip=clip, secure_agg=True)
+    u = big.copy()
+    msg, ok = s.client_message(u, 40, 3, [3], 0)
+    assert ok and msg.dtype == np.int64
+    decoded = dequantize(msg, np.float64)                             # weight 1 under DP
+    assert np.linalg.norm(decoded) <= clip * (1 + 1e-6)
+    np.testing.assert_array_equal(msg, s.rule.encode(u, 40, 3, [3], 0))   # u was clipped, then encoded
+    # without DP nothing is clipped
+    s = make_strategy(num_clients=10, fraction=0.5, seed=1)
+    u = big.copy()
+    s.client_message(u, 40, 3, [3, 4], 0)
+    np.testing.assert_array_equal(u, big)
+
+
+def test_dp_noise_is_reproducible_per_seed_and_round():
+    dp = DifferentialPrivacy(clip=1.0, noise=0.8, seed=12)
+    avg = np.linspace(-1, 1, 1000)
+    before = avg.copy()
+    a = dp.add_noise(avg, 5, round=3)
+    np.testing.assert_array_equal(avg, before)                       # the input is not modified
+    assert a.dtype == np.float64
+    np.testing.assert_array_equal(a, dp.add_noise(avg, 5, round=3))
+    np.testing.assert_array_equal(a, DifferentialPrivacy(1.0, 0.8, 12).add_noise(before.copy(), 5, 3))
+    assert not np.array_equal(a, dp.add_noise(avg, 5, round=4))
+    assert not np.array_equal(a, DifferentialPrivacy(1.0, 0.8, 13).add_noise(avg, 5, round=3))
+
+
+@pytest.mark.parametrize("clip, noise, m", [(2.0, 1.5, 4), (0.5, 0.3, 1)])
+def test_dp_noise_has_std_noise_times_clip_over_m(clip, noise, m):
+    n = 200_000
+    z = DifferentialPrivacy(clip, noise, seed=7).add_noise(np.zeros(n), m, round=2)
+    std = noise * clip / m
+    # the sample std's own relative std is 1/sqrt(2n) = 0.16%: 2% is over 12 of those
+    assert z.std() == pytest.approx(std, rel=0.02)
+    assert abs(z.mean()) < 6 * std / np.sqrt(n)
+
+
+def test_dp_without_noise_returns_the_average_itself():
+    avg = np.arange(5.0)
+    assert DifferentialPrivacy(1.0, 0.0, 3).add_noise(avg, 2, 0) is avg
+    np.testing.assert_array_equal(avg, np.arange(5.0))
+
+
+@pytest.mark.parametrize("secure, clip, noise", [(False, None, 0.0), (True, None, 0.0), (False, 1.0, 0.5),
+                                                 (True, 1.0, 0.5), (False, 1.0, 0.0)])
+def test_aggregate_is_combine_then_noise(secure, clip, noise):
+    s = make_strategy(num_clients=20, fraction=0.2, seed=4, secure_agg=secure, dp_clip=clip, dp_noise=noise)
+    us, ns = _updates(k=4, size=100)
+    sampled = s.sampler.sample(5).tolist()
+    msgs = [s.client_message(u.copy(), n, c, sampled, 5)[0] for u, n, c in zip(us, ns, sampled)]
+    got = s.aggregate(msgs, ns, 5)
+    combined = s.rule.combine(msgs, ns, 5)
+    want = s.privacy.add_noise(combined, len(msgs), 5) if s.privacy else combined
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float64
+    if noise:
+        assert not np.array_equal(got, combined)
