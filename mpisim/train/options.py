@@ -26,14 +26,13 @@ RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with a short usage error: the tools have dozens of options, so a bad one gets two lines
-    (a pointer to --help and what is wrong) instead of the whole usage block; exit status 2."""
+    """argparse with a one-line usage error: the trainers have dozens of options, so a bad one gets what
+    is wrong and a pointer to --help instead of the whole usage block; exit status 2."""
 
     def error(self, message: str):
         if launcher_rank() > 0:          # under mpiexec every process parses: the first one says it
             self.exit(2)
-        self.exit(2, f"usage: {self.prog} [options]   ({self.prog} --help lists them)\n"
-                     f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}   (usage: {self.prog} --help)\n")
 
 
 def launcher_rank() -> int:
