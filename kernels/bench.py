@@ -6,7 +6,7 @@ split over Numba's threads, and the faster of the two is the ceiling) or a devic
 Matmul: GFLOP/s at n = 256 .. 4096 next to BLAS (``numpy``) and cuBLAS (``cupy.matmul``), and the
 time of ``np.linalg.inv`` (and ``cupy.linalg.inv``) at the same sizes: the course's BLAS comparison.
 The header says which BLAS NumPy is linked to and with how many threads (threadpoolctl); the end
-checks the issue's targets: CPU grayscale (numba) >= 50% of memcpy, numba matmul >= 25% of BLAS at
+checks the targets: CPU grayscale (numba) >= 50% of memcpy, numba matmul >= 25% of BLAS at
 1024, GPU grayscale >= 70% of the device copy, tiled Numba CUDA matmul >= 30% of cuBLAS at 4096.
 
     python -m kernels.bench
@@ -320,10 +320,10 @@ def header(args: argparse.Namespace) -> None:
 
 
 def targets(args: argparse.Namespace, rows: list[Row]) -> None:
-    """The issue's targets: measured, met or not, or why not measured."""
+    """The targets: measured, met or not, or why not measured."""
     status = backend_status()
     gpu_here = status["cupy"] == "available" or (status["numba_cuda"] == "available" and not SIM)
-    say("\n## targets (from the issue)")
+    say("\n## targets")
     for label, section, backend, size, goal in TARGETS:
         row = next((r for r in rows if r.section == section and r.backend == backend
                     and (size is None or r.size == size)), None)

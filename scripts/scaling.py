@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
              "epoch s; compute and comm are per-rank means; comm share = comm / (compute + comm)",
              f"CPUs: {cpus} (os.cpu_count()); more than {cpus} ranks on this {cpus}-core machine would be "
              "oversubscribed, so their timings say little",
-             f"the issue's target: >= {want}x at {ranks_t} ranks for global batch {batch_t} ({verdict})"]
+             f"the target: >= {want}x at {ranks_t} ranks for global batch {batch_t} ({verdict})"]
     print("\n" + "\n".join(("- " if args.markdown else "") + n for n in notes))
     return 0
 
