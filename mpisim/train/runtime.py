@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -347,8 +347,3 @@ def summary_line(records: list[dict], run_now: int, unit: str, wall: float, repo
         return text + f"; payload {report.payload_bytes:,} B sent (no closed form to check)"
     return text + (f"; payload {report.payload_bytes:,} B sent, "
                    + ("matches the formula" if report.agrees else "DIFFERS from the formula"))
-
-
-def replace_opts(cfg: Config, **changes) -> Config:
-    """``cfg`` with some of the paradigm's options changed."""
-    return Config(cfg.train, replace(cfg.opts, **changes))
