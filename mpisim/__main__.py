@@ -31,7 +31,12 @@ def paradigm_tools() -> list[tuple[str, str, str]]:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in ("-h", "--help"):
+        print(f"python -m mpisim: error: it takes no arguments; run a tool as python -m mpisim.{argv[0]} "
+              f"(python -m mpisim lists them)", file=sys.stderr)
+        return 2
     print("mpisim: a simulated cluster for distributed ML on pure message passing\n")
     tools = paradigm_tools() + TOOLS
     width = max(len(name) for name, _, _ in tools)

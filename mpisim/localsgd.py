@@ -97,8 +97,10 @@ class LocalSGD(Role):
         m, nbytes = (A * x for x in allreduce_traffic(o.algorithm, P, b, N))
         text = f"A·{allreduce_formula(o.algorithm, P, b, N).replace('·n', '·b·P')}"
         legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, "
-                  f"A = {A} averages (every H = {o.sync_every} of S = {self.local.done} steps and at each "
-                  f"epoch's end), algorithm {o.algorithm}. Payload: the parameters, one allreduce per average")
+                  f"A = {A} averages of S = {self.local.done} steps ("
+                  + (f"every step in the first {o.post_local} epochs, then " if o.post_local else "")
+                  + f"every H = {o.sync_every} steps and at each epoch's end), algorithm {o.algorithm}. "
+                  f"Payload: the parameters, one allreduce per average")
         return Payload({"rank": list(range(N))}, {"rank": Formula(text, m, nbytes, m, nbytes)}, legend)
 
     def result(self) -> dict:

@@ -59,8 +59,11 @@ def test_python_m_mpisim_lists_the_tools():
     res = subprocess.run([sys.executable, "-m", "mpisim"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "mpiexec -n 2 python -m mpisim.bench" in res.stdout
     assert "python -m mpisim.centralized" in res.stdout
-    for paradigm in ("allreduce", "paramserver", "fedavg"):        # each listed with a command that runs
+    for paradigm in ("allreduce", "paramserver", "fedavg", "localsgd", "easgd", "gossip"):
         assert f"python -m mpisim.{paradigm} --sim" in res.stdout and f"-m mpisim.{paradigm} " in res.stdout
+    res = subprocess.run([sys.executable, "-m", "mpisim", "gossip"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "run a tool as python -m mpisim.gossip" in res.stderr
 
 
 def test_bench_mlp_prints_a_row_per_batch():

@@ -164,7 +164,7 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--resume", action="store_true", help="continue the run saved in --checkpoint DIR")
     g.add_argument("--stop-after", type=_positive_int, default=None, metavar="K",
                    help=f"stop after {unit} K as if interrupted (to try --resume)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress lines, table or summary (files are still written)")
 
 
 def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
