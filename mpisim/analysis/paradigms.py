@@ -15,7 +15,7 @@ from ..comm.network import Network
 __all__ = ["PARADIGMS", "ParadigmRun", "run_paradigm"]
 
 # name, module, options, the formula in P (parameters), b (bytes each), N (ranks), S (steps),
-# R (rounds), m (clients per round), W (workers), in words a student can check
+# R (rounds), m (clients per round), W (workers), H, tau, d, in words a student can check
 _SMALL = ["--dataset", "digits", "--hidden", "32", "--quiet", "--seed", "0"]
 PARADIGMS = {
     "allreduce SGD (ring)": ("mpisim.allreduce", ["--epochs", "1", "--algorithm", "ring"],
@@ -30,6 +30,12 @@ PARADIGMS = {
         "the same bytes; with contention the server's incoming link takes one push at a time"),
     "FedAvg": ("mpisim.fedavg", ["--rounds", "2", "--clients", "6", "--fraction", "0.5", "--local-epochs", "1"],
                "R·m·b·P down and R·m·b·P up, m = sampled clients per round, whatever the local epochs"),
+    "local SGD (H = 4)": ("mpisim.localsgd", ["--epochs", "1", "--sync-every", "4"],
+                          "A allreduces of b·P, A = ceil(S/H) averages: H times fewer bytes than allreduce SGD"),
+    "EASGD (sync, tau = 4)": ("mpisim.easgd", ["--epochs", "1", "--period", "4"],
+                              "X·b·P each way, X = W·ceil(S/tau) exchanges of the workers with the center's servers"),
+    "gossip (ring)": ("mpisim.gossip", ["--epochs", "1", "--topology", "ring"],
+                      "S·N·d·b·P, d = 2 neighbours: no global collective, a rank's bytes do not grow with N"),
 }
 
 

@@ -180,7 +180,8 @@ def _bytes(n: float) -> str:
 
 def paradigm_section(doc: Doc, runs: list, ranks: int, net: Network) -> None:
     doc.h(2, "How many bytes does each paradigm move?")
-    doc.p("P parameters of b bytes, N ranks, S steps, R rounds, m clients per round, W = N - 1 workers. Each "
+    doc.p("P parameters of b bytes, N ranks, S steps, R rounds, m clients per round, W = N - 1 workers, "
+          "H steps between local SGD's averages, tau between EASGD's exchanges, d neighbours in gossip. Each "
           f"paradigm below ran for real on {ranks} simulated ranks with a 64-32-10 MLP on the digits dataset; "
           "its own table counts every message and sets the payload beside the closed form.")
     doc.table(["paradigm", "payload formula", "measured = formula", "virtual time"],
