@@ -24,6 +24,7 @@ communication ledger and the closing table with its formula check, and a closing
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -201,6 +202,7 @@ class Run:
         self.x_train = self.ds.x_train.astype(self.model.dtype, copy=False)
         self.steps = -(-self.ds.num_train // tr.batch_size) if tr.batch_size else 0   # global batches per epoch
         self.epochs_run = 0
+        self.last_step = 0                  # the latest step maybe_fail saw (a fault never reached is said)
         self.epoch_started = self.started
         self.before = self.meter.snapshot()
 
@@ -221,6 +223,7 @@ class Run:
 
     def maybe_fail(self, step: int, x: np.ndarray) -> None:
         """``--inject-fault``: fail here if it names this rank and its ``step`` (from 1)."""
+        self.last_step = max(self.last_step, step)
         maybe_fail(self.train, self.rank, step, x)
 
     def elapsed(self) -> float:
@@ -276,6 +279,11 @@ class Run:
                    epochs=self.train.epochs, config=self.config, history=history)
 
     def finish(self, role: Role) -> dict | None:
+        fault = self.train.inject_fault
+        if fault and fault[0] == self.rank and self.last_step < fault[1]:
+            what = "rounds" if self.unit == "round" else "steps"
+            print(f"{self.paradigm.prog}: warning: --inject-fault {fault[0]}:{fault[1]}:{fault[2]} never happened: "
+                  f"rank {self.rank} reached {what} 1..{self.last_step} in this run", file=sys.stderr, flush=True)
         pay = role.payload()
         report = (comm_report(self.t, self.meter, pay.roles, pay.formulas, pay.legend, pay.categories)
                   if pay else None)

@@ -460,3 +460,13 @@ def test_a_usage_error_under_mpiexec_is_said_once():
     res = run_mpi(2, "-m", "mpisim.localsgd", *TINY, "--sync-every", "0", timeout=100)
     assert res.returncode == 2
     assert res.stderr.count("expected a number of steps H >= 1, got 0") == 1
+
+
+@pytest.mark.parametrize("module, fault, what", [("localsgd", "1:1000:raise", "steps"), ("fedavg", "1:50:raise", "rounds")])
+def test_an_injected_fault_past_the_end_of_the_run_is_said_not_silent(module, fault, what, capsys):
+    main = importlib.import_module(f"mpisim.{module}").main
+    extra = ["--rounds", "2", "--clients", "4", "--fraction", "0.5"] if module == "fedavg" else ["--epochs", "1"]
+    assert main(["--sim", "2", "--quiet", "--hidden", "8", *extra, "--inject-fault", fault]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: --inject-fault {fault} never happened: rank 1 reached {what} 1.." in err
+
