@@ -32,7 +32,7 @@ from .comm.costs import allreduce_formula, allreduce_traffic
 from .data import epoch_permutation
 from .nn import BatchNorm1d
 from .train import gather_batch
-from .train.distributed import Formula, Meter
+from .train.distributed import Formula, Meter, under_mpiexec
 from .train.runtime import Paradigm, Payload, Role, Run
 
 ALGORITHMS = (*ALLREDUCE_ALGORITHMS, "mpi")
@@ -65,8 +65,8 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     if o.overlap and train.network is not None:
         p.error("--overlap runs the allreduce on a second thread; --network's virtual clock models one thread "
                 "per rank: use one of them")
-    if o.algorithm == "mpi" and train.sim:
-        p.error("--algorithm mpi is MPI's own Allreduce: run under mpiexec, not --sim")
+    if o.algorithm == "mpi" and not under_mpiexec():
+        p.error("--algorithm mpi is MPI's own Allreduce: run under mpiexec (not --sim or a simulated cluster)")
 
 
 # -- buckets -----------------------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ class DataParallel(Role):
                 f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; allreduce {o.algorithm}, "
                 f"{len(self.sync.buckets)} bucket{'s' if len(self.sync.buckets) > 1 else ''}"
                 + (", overlapped" if self.sync.thread else "") + (", sync BN" if o.sync_bn else "")
-                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+                + run.resuming())
         if tr.batch_size < N:
             run.say(f"note: global batch {tr.batch_size} < {N} ranks: some ranks get no examples per step")
 

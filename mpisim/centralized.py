@@ -30,7 +30,7 @@ class Centralized(Role):
         run.say(f"centralized: {ds.describe()}")
         run.say(f"model {model.describe()}; {tr.optimizer} lr {tr.lr:g}, batch {tr.batch_size}, "
                 f"{tr.epochs} epoch{'s' if tr.epochs != 1 else ''}"
-                + (f", resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+                + run.resuming())
 
     def epoch(self, epoch: int) -> dict:
         run, tr, model, opt = self.run, self.run.train, self.run.model, self.run.opt

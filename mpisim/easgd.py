@@ -14,7 +14,8 @@ beta = W alpha = 0.9).
 * ``--mode async``: a server answers each worker the moment its x_i arrives and moves x~ at once
   (asynchronous EASGD, the paper's Algorithm 1); which worker comes first is decided by timing.
 
-Rank 0 evaluates the center variable. Checkpoints hold the center; a resume starts every worker from it.
+Rank 0 evaluates the center variable. Checkpoints hold the center and every worker's model and optimizer
+state, so a resume is exact (in sync mode; async runs are not reproducible anyway).
 
     python -m mpisim.easgd --sim 4                                 # 1 server, 3 workers, sync
     python -m mpisim.easgd --sim 5 --servers 2 --mode async --period 8
@@ -32,7 +33,7 @@ from .comm import ANY_SOURCE
 from .comm._common import block_offsets
 from .train.distributed import Formula
 from .train.options import _float_between, _int_at_least
-from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run
+from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run, fault_on_server
 
 TAG_X, TAG_DIFF, TAG_CENTER = 401, 402, 403
 MODES = ("sync", "async")
@@ -58,13 +59,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="local steps between two exchanges with the center (default 4)")
 
 
-def check(p: argparse.ArgumentParser, train, o: Options) -> None:
-    if train.batchnorm:
-        p.error("--batchnorm is not supported by easgd: running statistics are not averaged (use mpisim.allreduce)")
-    if train.sim is not None and train.sim < o.servers + 1:
-        p.error(f"--sim {train.sim}: {o.servers} server(s) need at least {o.servers + 1} ranks (one worker)")
-
-
 def check_world(train, o: Options, N: int) -> str | None:
     if N < o.servers + 1:
         return (f"easgd needs at least {o.servers + 1} ranks ({o.servers} server(s) and a worker), got {N}: "
@@ -74,10 +68,7 @@ def check_world(train, o: Options, N: int) -> str | None:
         return (f"--elasticity {o.elasticity:g} with {W} workers: synchronous EASGD multiplies the gap between the "
                 f"workers' mean and the center by 1 - (W+1) alpha at each exchange, so it diverges unless "
                 f"alpha < 2/(W+1) = {2 / (W + 1):.3g}")
-    if train.inject_fault and train.inject_fault[0] < o.servers:
-        return (f"--inject-fault names rank {train.inject_fault[0]}, a server, which takes no training steps: "
-                f"name a worker, rank {o.servers}..{N - 1}")
-    return None
+    return fault_on_server(train, o.servers, N)
 
 
 class Elastic(Role):
@@ -90,7 +81,6 @@ class Elastic(Role):
         self.alpha = o.elasticity if o.elasticity is not None else 0.9 / self.W
         self.offs = block_offsets(run.model.num_params, S)
         self.rounds = -(-run.steps // o.period)          # exchanges of one worker per epoch
-        self.exchanges = 0                               # of all workers, over the run
         self.title = f"EASGD ({o.mode}), {S}+{self.W} ranks, {run.ds.name}"
 
     def payload(self) -> Payload:
@@ -120,7 +110,7 @@ class Center(Elastic):
         run.say(f"model {run.model.describe()}; workers: {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
                 f"(~{tr.batch_size / self.W:g} per worker); elasticity alpha {self.alpha:g} (beta = W alpha = "
                 f"{self.W * self.alpha:g}), period tau {o.period}; {tr.epochs} epochs; rank 0 evaluates the center"
-                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+                + run.resuming())
 
     def epoch(self, epoch: int) -> dict | None:
         run, t, a = self.run, self.run.t, self.run.model.dtype.type(self.alpha)
@@ -142,8 +132,8 @@ class Center(Elastic):
                     self.center += d
                     with run.meter.comm("payload"):
                         t.send(d, st.source, TAG_DIFF)
-        self.exchanges += self.W * self.rounds
-        tot = run.totals(np.zeros(3))
+        tot = run.totals(np.zeros(3))   # every rank's part of the epoch is done once this returns: no TAG_X
+        #                                 of the next epoch can meet an ANY_SOURCE receive of this one
         with run.meter.comm("control"):              # the center, whole on rank 0 for its evaluation
             if run.rank != 0:
                 t.send(self.center, 0, TAG_CENTER)
@@ -182,7 +172,8 @@ class Worker(Elastic):
 
 
 PARADIGM = Paradigm(name="easgd", doc=__doc__, setup=lambda run: (Center if run.rank < run.opts.servers else Worker)(run),
-                    options=Options, add_args=add_args, check=check, check_world=check_world,
+                    options=Options, add_args=add_args, check_world=check_world, per_rank_state=True,
+                    no_batchnorm="running statistics are not averaged (use mpisim.allreduce)",
                     description="Elastic averaging SGD: workers pulled toward a center variable held by servers.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

@@ -117,9 +117,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
-    if train.batchnorm:
-        p.error("--batchnorm is not supported by fedavg (averaging running statistics of non-IID clients "
-                "is its own research topic: FedBN); use mpisim.allreduce")
     if o.fraction > 1:
         p.error(f"--fraction must be in (0, 1], got {o.fraction}")
     if not 0 <= o.dp_noise < float("inf"):
@@ -137,8 +134,6 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     if train.inject_fault and train.inject_fault[2] == "nan":
         p.error("--inject-fault ...:nan is for the trainers with one loss per step; for a client with a NaN "
                 "update use --bad-client CLIENT:nan")
-    if train.sim is not None and train.sim < 2:
-        p.error("fedavg needs at least 2 ranks: the server and one rank of clients (--sim 2 or more)")
 
 
 def check_world(train, o: Options, N: int) -> str | None:
@@ -208,7 +203,7 @@ class Server(Federated):
                 f"B={'inf' if o.local_batch == 0 else o.local_batch}, client {tr.optimizer} lr {tr.lr:g}, "
                 f"{tr.epochs} rounds" + (", secure aggregation" if o.secure_agg else "")
                 + (f", DP clip {o.dp_clip:g} noise {o.dp_noise:g}" if o.dp_clip else "")
-                + (f"; resuming after round {run.state.start_epoch}" if run.state.start_epoch else ""))
+                + run.resuming())
         if o.plot_partition:
             plot_partition(hist, o.plot_partition, title=f"{o.partition} partition of {ds.name}, {o.clients} clients")
             run.say(f"partition plot written to {o.plot_partition}")
@@ -331,6 +326,8 @@ class Clients(Federated):
 
 PARADIGM = Paradigm(name="fedavg", doc=__doc__, setup=lambda run: (Server if run.rank == 0 else Clients)(run),
                     options=Options, add_args=add_args, check=check, check_world=check_world, default_ranks=3,
+                    no_batchnorm="averaging running statistics of non-IID clients is its own research topic "
+                                 "(FedBN); use mpisim.allreduce",
                     unit="round", defaults=dict(epochs=30, lr=0.05, optimizer="sgd"),
                     description="Federated averaging over K clients on N-1 ranks: IID or not, secure aggregation, DP.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main

@@ -17,8 +17,7 @@ than its neighbours. The mixing matrix W comes from ``--topology``, each doubly 
 
 At each epoch's end the ranks average their parameters by a control allreduce: rank 0 evaluates that
 average model x_bar, and the record carries the consensus distance, the mean over ranks of
-||x_i - x_bar||_2. A checkpoint holds rank 0's parameters and optimizer state; a resume restarts every
-rank from them.
+||x_i - x_bar||_2. Checkpoints hold every rank's parameters and optimizer state, so a resume is exact.
 
     python -m mpisim.gossip --sim 4                                   # ring of 4 simulated ranks, digits
     python -m mpisim.gossip --sim 8 --topology exponential
@@ -67,12 +66,6 @@ def world_problem(topology: str, N: int) -> str | None:
         return (f"--topology torus needs an R x C grid with R, C >= 2: at least 4 ranks and not a prime number, "
                 f"got {N} (try {bigger} ranks)")
     return None
-
-
-def check(p: argparse.ArgumentParser, train, o: Options) -> None:
-    if train.batchnorm:
-        p.error("--batchnorm is not supported by gossip: the ranks' running statistics are not averaged "
-                "(use mpisim.allreduce)")
 
 
 def check_world(train, o: Options, N: int) -> str | None:
@@ -125,8 +118,7 @@ class Gossip(Role):
                 f"rank 0 evaluates the average of all ranks' models")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
                 f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; topology {topo}{shape}, degree "
-                f"{len(self.out)}" + (f"; resuming after epoch {run.state.start_epoch}: every rank starts from "
-                                      f"rank 0's model" if run.state.start_epoch else ""))
+                f"{len(self.out)}" + run.resuming())
 
     def mix(self) -> None:
         """x_i <- sum_j W_ij x_j over self and the in-neighbours, in rank order (deterministic)."""
@@ -174,7 +166,7 @@ class Gossip(Role):
     def payload(self) -> Payload:
         """Each step every rank sends its P parameters to each of its d out-neighbours."""
         run, N, d = self.run, self.run.size, len(self.out)
-        P, b, S = run.model.num_params, run.model.params.itemsize, self.local.done
+        P, b, S = run.model.num_params, run.model.params.itemsize, run.steps * run.epochs_run
         m, nbytes = S * N * d, S * N * d * b * P
         legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, S = {S} steps, "
                   f"topology {run.opts.topology} with d = {d} out-neighbours (and in-neighbours) per rank")
@@ -184,8 +176,9 @@ class Gossip(Role):
         return {"steps": self.local.done, "average": self.avg}
 
 
-PARADIGM = Paradigm(name="gossip", doc=__doc__, setup=Gossip, options=Options, add_args=add_args, check=check,
-                    check_world=check_world,
+PARADIGM = Paradigm(name="gossip", doc=__doc__, setup=Gossip, options=Options, add_args=add_args,
+                    check_world=check_world, per_rank_state=True,
+                    no_batchnorm="the ranks' running statistics are not averaged (use mpisim.allreduce)",
                     description="Decentralized SGD (D-PSGD): parameters averaged with neighbours only.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

@@ -9,8 +9,7 @@ price of replicas that drift apart between averages. With plain SGD and H = 1 th
 tests check it in float64). ``--post-local E`` runs H = 1 for the first E epochs and H afterwards (Lin et
 al.'s post-local SGD: average every step while the loss falls fast, then save communication).
 
-Optimizer state (momentum, Adam's moments) stays local; a resume starts every rank from rank 0's model and
-optimizer state.
+Optimizer state (momentum, Adam's moments) stays local; checkpoints hold every rank's, so a resume is exact.
 
     python -m mpisim.localsgd --sim 4                                  # H = 4, digits
     python -m mpisim.localsgd --sim 4 --sync-every 16 --post-local 2
@@ -46,12 +45,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="the allreduce that averages (default auto)")
 
 
-def check(p: argparse.ArgumentParser, train, o: Options) -> None:
-    if train.batchnorm:
-        p.error("--batchnorm is not supported by localsgd: running statistics are not averaged "
-                "(use mpisim.allreduce)")
-
-
 class LocalSGD(Role):
     """A replica: local steps on its share, the parameters averaged every H steps."""
 
@@ -66,8 +59,7 @@ class LocalSGD(Role):
                 f"{tr.batch_size} (~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; average every "
                 f"{o.sync_every} step{'s' if o.sync_every > 1 else ''}"
                 + (f" (every step for the first {o.post_local} epochs)" if o.post_local else "")
-                + f" by allreduce {o.algorithm}"
-                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+                + f" by allreduce {o.algorithm}" + run.resuming())
 
     def period(self, epoch: int) -> int:
         return 1 if epoch < self.run.opts.post_local else self.run.opts.sync_every
@@ -93,7 +85,9 @@ class LocalSGD(Role):
     def payload(self) -> Payload:
         """A averages, each one allreduce of the P parameters."""
         run, o, N = self.run, self.run.opts, self.run.size
-        P, b, A = run.model.num_params, run.model.params.itemsize, self.averages
+        P, b = run.model.num_params, run.model.params.itemsize
+        first = run.state.start_epoch                    # A in closed form: ceil(S_e / H_e) per epoch run
+        A = sum(-(-run.steps // self.period(e)) for e in range(first, first + run.epochs_run))
         m, nbytes = (A * x for x in allreduce_traffic(o.algorithm, P, b, N))
         text = f"A·{allreduce_formula(o.algorithm, P, b, N).replace('·n', '·b·P')}"
         legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, "
@@ -107,7 +101,8 @@ class LocalSGD(Role):
         return {"steps": self.local.done, "averages": self.averages}
 
 
-PARADIGM = Paradigm(name="localsgd", doc=__doc__, setup=LocalSGD, options=Options, add_args=add_args, check=check,
+PARADIGM = Paradigm(name="localsgd", doc=__doc__, setup=LocalSGD, options=Options, add_args=add_args,
+                    per_rank_state=True, no_batchnorm="running statistics are not averaged (use mpisim.allreduce)",
                     description="Local SGD: H local steps on every rank, then the parameters averaged.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

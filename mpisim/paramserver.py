@@ -39,7 +39,7 @@ from .data import distributed_indices, epoch_permutation
 from .nn import make_optimizer
 from .train import gather_batch
 from .train.distributed import Formula
-from .train.runtime import Paradigm, Payload, Role, Run
+from .train.runtime import Paradigm, Payload, Role, Run, fault_on_server
 
 PROG = "python -m mpisim.paramserver"
 MODES = ("sync", "async", "ssp")
@@ -81,11 +81,6 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> Options:
         p.error(f"--servers must be at least 1, got {o.servers}")
     if o.staleness < 0:
         p.error(f"--staleness must be >= 0, got {o.staleness}")
-    if train.batchnorm:
-        p.error("--batchnorm is not supported by the parameter server: its running statistics would live on "
-                "the workers, not the servers (use mpisim.allreduce)")
-    if train.sim is not None and train.sim < o.servers + 1:
-        p.error(f"--sim {train.sim}: {o.servers} server(s) need at least {o.servers + 1} ranks (one worker)")
     if o.mode == "ssp" and o.staleness == 0:
         return replace(o, mode="sync")           # s = 0 is bulk synchronous, by definition: run it
     return o
@@ -101,10 +96,7 @@ def check_world(train, o: Options, N: int) -> str | None:
     if o.straggler and not o.servers <= o.straggler[0] < N:
         return (f"--straggler {o.straggler[0]}:...: workers are ranks {o.servers}..{N - 1} "
                 f"(ranks 0..{o.servers - 1} are servers)")
-    if train.inject_fault and train.inject_fault[0] < o.servers:
-        return (f"--inject-fault names rank {train.inject_fault[0]}, a server, which takes no training steps: "
-                f"name a worker, rank {o.servers}..{N - 1}")
-    return None
+    return fault_on_server(train, o.servers, N)
 
 
 # -- servers -----------------------------------------------------------------------------------------------
@@ -309,7 +301,7 @@ class ParameterServer(Role):
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
                 f"(~{tr.batch_size / W:g} per worker), {tr.epochs} epochs"
                 + (f"; worker rank {o.straggler[0]} is {o.straggler[1]:g}x slower" if o.straggler else "")
-                + (f"; resuming after epoch {run.state.start_epoch}" if run.state.start_epoch else ""))
+                + run.resuming())
 
     def epoch(self, epoch: int) -> dict | None:
         part, sync = self.part, self.run.opts.mode == "sync"
@@ -393,6 +385,8 @@ class ParameterServer(Role):
 
 PARADIGM = Paradigm(name="paramserver", doc=__doc__, setup=ParameterServer, options=Options, add_args=add_args,
                     check=check, check_world=check_world,
+                    no_batchnorm="its running statistics would live on the workers, not the servers "
+                                 "(use mpisim.allreduce)",
                     description="Parameter-server SGD: sync, async or stale-synchronous, sharded over --servers.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

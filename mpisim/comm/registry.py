@@ -3,9 +3,11 @@
 An entry (:class:`Algorithm`) holds the function that carries the algorithm out, its exact
 traffic, its closed-form time, for allreduce the bytes-sent text of the paradigms' tables, the
 few lines the report prints about it, and its plot marker. Everything else derives from here:
-the ``*_ALGORITHMS`` tuples, the dispatch inside :func:`~mpisim.comm.allreduce` and the other
-collectives, :data:`mpisim.comm.costs.ALGORITHMS` and the cost functions, the report and the
-plots. Adding an algorithm is one :func:`register` call beside its code::
+the ``*_ALGORITHMS`` tuples, the dispatch inside the collectives that take ``algorithm=``
+(allreduce, bcast, allgather, reduce_scatter), :data:`mpisim.comm.costs.ALGORITHMS` and the cost
+functions, the report and the plots. reduce, gather, scatter and barrier have one algorithm each and
+no ``algorithm=`` argument: they call it directly, and a second one would need that argument first.
+Adding an algorithm is one :func:`register` call beside its code::
 
     register("allreduce", "chain", _chain, traffic=..., cost=..., formula=..., explain="...")
 
@@ -39,8 +41,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 if TYPE_CHECKING:
     from .formulas import Call, Cost
 
-__all__ = ["ALGORITHMS", "Algorithm", "COLLECTIVES", "choices", "get", "module_getattr", "names", "register",
-           "registered"]
+__all__ = ["ALGORITHMS", "Algorithm", "COLLECTIVES", "choices", "get", "module_dir", "module_getattr", "names",
+           "register", "registered"]
 
 # the collectives, in the order the report lists them
 COLLECTIVES = ("allreduce", "bcast", "reduce", "gather", "scatter", "allgather", "reduce_scatter", "barrier")
@@ -135,3 +137,12 @@ def module_getattr(module: str, **tuples: str) -> Callable[[str], tuple[str, ...
             return choices(tuples[attr])
         raise AttributeError(f"module {module!r} has no attribute {attr!r}")
     return __getattr__
+
+
+def module_dir(module: str, **tuples: str) -> Callable[[], list[str]]:
+    """The matching module ``__dir__``: the module's names and the computed tuples."""
+    import sys
+
+    def __dir__() -> list[str]:
+        return sorted({*vars(sys.modules[module]), *tuples})
+    return __dir__

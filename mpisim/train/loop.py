@@ -46,17 +46,19 @@ def build_schedule(args: TrainOptions) -> Callable[[float], float]:
 
 @dataclass
 class RunState:
-    """Where a run stands: the next epoch to train and the records of the ones done."""
+    """Where a run stands: the next epoch to train, the records of the ones done, and the per-rank
+    arrays of the checkpoint (``rank{r}.NAME``), if it holds any."""
     start_epoch: int = 0
     history: list[dict] = field(default_factory=list)
+    per_rank: dict = field(default_factory=dict)
 
 
 def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, epochs: int, config: dict,
-               history: list[dict]) -> None:
+               history: list[dict], per_rank: dict | None = None) -> None:
     """Checkpoint after ``epoch`` of ``epochs`` epochs: parameters, BatchNorm buffers, optimizer state,
-    the run's options and the metrics so far."""
+    the run's options and the metrics so far; ``per_rank`` adds each rank's own arrays (``rank{r}.NAME``)."""
     arrays = {"params": model.params, "buffers": model.buffers,
-              **{f"opt.{k}": v for k, v in opt.state_dict().items()}}
+              **{f"opt.{k}": v for k, v in opt.state_dict().items()}, **(per_rank or {})}
     save_checkpoint(directory, arrays, {"epoch": epoch, "epochs": epochs, "config": config, "history": history,
                                         "model": model.config(), "optimizer": opt.name})
 
@@ -101,7 +103,8 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict) 
         opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
-    return RunState(start_epoch=meta["epoch"], history=list(meta.get("history", [])))
+    return RunState(start_epoch=meta["epoch"], history=list(meta.get("history", [])),
+                    per_rank={k: v for k, v in arrays.items() if k.startswith("rank")})
 
 
 # what sets the run-defining values that are not options of their own

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..comm import allreduce
 from ..data import epoch_permutation
+from .checkpoint import CheckpointError
 from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, UsageError,
                           add_cluster_args, check_cluster_args, comm_report, default_to_sim, launch, maybe_fail,
                           share_resume, stop_here)
@@ -40,7 +41,8 @@ from .loop import (build_dataset, build_model, build_optimizer, build_schedule, 
                    save_state)
 from .options import Parser, TrainOptions, add_training_args, check_training_args, options_from, run_config
 
-__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Payload", "Role", "Run", "summary_line"]
+__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Payload", "Role", "Run", "fault_on_server",
+           "summary_line"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class Payload:
     formulas: dict[str, Formula | None]
     legend: str
     categories: tuple[str, ...] = ("payload", "control")
+
+
+TAG_OWN = 501      # each rank's own state to and from rank 0 for checkpoints
 
 
 class _Refused(Exception):
@@ -117,6 +122,9 @@ class Paradigm:
     check: Callable[[argparse.ArgumentParser, TrainOptions, Any], Any] | None = None
     check_world: Callable[[TrainOptions, Any, int], str | None] | None = None
     default_ranks: int = 4                      # without mpiexec and --sim
+    per_rank_state: bool = False                # ranks hold models and optimizers of their own: each
+    #                                             rank's are checkpointed, so a resume is exact
+    no_batchnorm: str | None = None             # why --batchnorm is refused, if it is
     unit: str = "epoch"                         # or "round"
     defaults: dict = field(default_factory=dict)   # add_training_args' defaults: epochs, lr, optimizer
     cluster: bool = True                        # False: one process, no cluster options
@@ -144,6 +152,8 @@ class Paradigm:
         if self.cluster:
             check_cluster_args(p, args)
         train, opts = options_from(TrainOptions, args), options_from(self.options, args)
+        if train.batchnorm and self.no_batchnorm:
+            p.error(f"--batchnorm is not supported by {self.name}: {self.no_batchnorm}")
         if self.check:
             opts = self.check(p, train, opts) or opts
         problem = self.world_problem(train, opts, train.sim) if train.sim else None
@@ -198,6 +208,8 @@ class Run:
                                  data=data_fingerprint(self.ds))
         self.state = share_resume(t, tr, self.model, self.opt, self.config)
         self.meter = Meter(t)
+        if paradigm.per_rank_state and tr.resume:
+            self.scatter_own()
         self.rep = Reporter(tr, self.model, self.state, unit=self.unit) if t.rank == 0 else None
         self.x_train = self.ds.x_train.astype(self.model.dtype, copy=False)
         self.steps = -(-self.ds.num_train // tr.batch_size) if tr.batch_size else 0   # global batches per epoch
@@ -220,6 +232,10 @@ class Run:
 
     def where(self) -> str:
         return "simulated" if self.train.sim else "MPI"
+
+    def resuming(self) -> str:
+        """The header's note on a resumed run ("" otherwise)."""
+        return f"; resuming after {self.unit} {self.state.start_epoch}" if self.state.start_epoch else ""
 
     def maybe_fail(self, step: int, x: np.ndarray) -> None:
         """``--inject-fault``: fail here if it names this rank and its ``step`` (from 1)."""
@@ -265,18 +281,59 @@ class Run:
             self.before = self.meter.snapshot()
             values = role.epoch(epoch)
             self.epochs_run += 1
+            own = self.gather_own() if self.paradigm.per_rank_state and tr.checkpoint else None
             if rep:
                 values.setdefault("seconds", self.elapsed())
                 rec = rep.record(epoch + 1, self.ds.x_test, self.ds.y_test, values, model=role.eval_model(),
                                  x_val=self.ds.x_val, y_val=self.ds.y_val,
-                                 save=lambda h, e=epoch: self.save(role, e + 1, h))
+                                 save=lambda h, e=epoch: self.save(role, e + 1, h, own))
                 note = role.note(rec)
                 if note:
                     rep.say(note)
 
-    def save(self, role: Role, epoch: int, history: list[dict]) -> None:
+    def save(self, role: Role, epoch: int, history: list[dict], own: dict | None = None) -> None:
         save_state(self.train.checkpoint, self.model, role.checkpoint_optimizer(), epoch=epoch,
-                   epochs=self.train.epochs, config=self.config, history=history)
+                   epochs=self.train.epochs, config=self.config, history=history, per_rank=own)
+
+    # -- each rank's own model and optimizer (Paradigm.per_rank_state) ------------------------------------
+    def _own(self) -> list[tuple[str, np.ndarray]]:
+        return [("params", self.model.params), *((f"opt.{k}", v) for k, v in self.opt.state.items())]
+
+    def gather_own(self) -> dict[str, np.ndarray] | None:
+        """Every rank's parameters and optimizer state, on rank 0 (control), for the checkpoint."""
+        own, t = self._own(), self.t
+        with self.meter.comm("control"):
+            if self.rank != 0:
+                for _, a in own:
+                    t.send(a, 0, TAG_OWN)
+                return None
+            out = {f"rank0.{k}": a.copy() for k, a in own}
+            for r in range(1, self.size):
+                for k, a in own:
+                    out[f"rank{r}.{k}"] = np.empty_like(a)
+                    t.recv(out[f"rank{r}.{k}"], r, TAG_OWN)
+        return out
+
+    def scatter_own(self) -> None:
+        """On a resume: each rank's own parameters and optimizer state, from rank 0's checkpoint."""
+        own, t = self._own(), self.t
+        if self.rank != 0:
+            for _, a in own:
+                t.recv(a, 0, TAG_OWN)
+            return
+        saved = self.state.per_rank
+        missing = [f"rank{r}.{k}" for r in range(self.size) for k, _ in own if f"rank{r}.{k}" not in saved]
+        if missing:     # the other ranks wait in their receive: this error ends the job
+            raise CheckpointError(f"{self.train.checkpoint}: no per-rank state {missing[0]} (a checkpoint of "
+                                  f"another version?)")
+        for r in range(self.size):
+            for k, a in own:
+                if saved[f"rank{r}.{k}"].shape != a.shape or saved[f"rank{r}.{k}"].dtype != a.dtype:
+                    raise CheckpointError(f"{self.train.checkpoint}: rank{r}.{k} should be {a.shape} {a.dtype}")
+                if r == 0:
+                    a[...] = saved[f"rank0.{k}"]
+                else:
+                    t.send(np.ascontiguousarray(saved[f"rank{r}.{k}"]), r, TAG_OWN)
 
     def finish(self, role: Role) -> dict | None:
         fault = self.train.inject_fault
@@ -338,6 +395,14 @@ class LocalSteps:
             run.opt.step()
         self.sums += (loss * len(mine), c, len(mine))
         self.done += 1
+
+
+def fault_on_server(train: TrainOptions, servers: int, N: int) -> str | None:
+    """Why ``--inject-fault`` cannot fire when ranks 0..servers-1 take no training steps, or None."""
+    if train.inject_fault and train.inject_fault[0] < servers:
+        return (f"--inject-fault names rank {train.inject_fault[0]}, a server, which takes no training steps: "
+                f"name a worker, rank {servers}..{N - 1}")
+    return None
 
 
 def summary_line(records: list[dict], run_now: int, unit: str, wall: float, report: CommReport | None) -> str:

@@ -159,3 +159,10 @@ def test_a_preset_description_is_not_part_of_the_model():
         back = parse_network(net.spec())
         assert replace(back, name=net.name) == net and back.description == "" and net.description not in repr(net)
     assert parse_network("wan,alpha=1ms").description == ""
+
+
+def test_the_computed_tuples_are_listed_by_dir():
+    import sys
+    import mpisim.comm
+    assert {"ALLREDUCE_ALGORITHMS", "BCAST_ALGORITHMS", "allreduce"} <= set(dir(mpisim.comm))
+    assert "ALLREDUCE_ALGORITHMS" in dir(sys.modules["mpisim.comm.allreduce"])

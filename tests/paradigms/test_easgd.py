@@ -54,7 +54,7 @@ def test_defaults_reach_90_percent_on_digits(tmp_path):
     (["--elasticity", "nan"], "expected a number in (0, 1)"),
     (["--mode", "eventual"], "invalid choice"),
     (["--period", "0"], "tau >= 1"),
-    (["--servers", "2"], "need at least 3 ranks"),
+    (["--servers", "2"], "easgd needs at least 3 ranks"),
     (["--batchnorm"], "--batchnorm is not supported by easgd"),
     (["--sim", "4", "--elasticity", "0.6"], "diverges unless alpha < 2/(W+1) = 0.5"),     # W = 3: (W+1) alpha >= 2
     (["--inject-fault", "0:1:raise"], "a server, which takes no training steps"),

@@ -63,8 +63,8 @@ def test_sync_stopped_and_resumed_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    (["--sim", "1"], 2, "need at least 2 ranks"),
-    (["--sim", "3", "--servers", "3"], 2, "need at least 4 ranks"),
+    (["--sim", "1"], 2, "needs at least 2 ranks"),
+    (["--sim", "3", "--servers", "3"], 2, "--servers 3 leaves no worker on 3 ranks"),
     (["--sim", "3", "--servers", "0"], 2, "--servers must be at least 1"),
     (["--sim", "3", "--straggler", "0:2"], 2, "workers are ranks 1..2"),
     (["--sim", "3", "--straggler", "1:0.5"], 2, "FACTOR >= 1"),
