@@ -95,6 +95,7 @@ def test_an_exception_on_one_rank_ends_the_job_naming_it(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--sim", "2", "--algorithm", "mpi"], "run under mpiexec"),
+    (["--algorithm", "mpi"], "run under mpiexec"),                  # a simulated cluster by default
     (["--sim", "2", "--sync-bn"], "--sync-bn needs --batchnorm"),
     (["--sim", "2", "--bucket-mb", "-1"], "--bucket-mb"),
     (["--sim", "0"], "--sim"),
