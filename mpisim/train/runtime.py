@@ -412,8 +412,9 @@ def summary_line(records: list[dict], run_now: int, unit: str, wall: float, repo
     best = max(records, key=lambda r: (r.get("test_acc") or 0.0))
     mine = records[-run_now:]
     per = sum(r["seconds"] for r in mine) / run_now
+    per_text = f"{per:.2f}" if per >= 0.01 else f"{per:.1g}"      # a tiny run: 0.004, not 0.00
     text = (f"summary: test accuracy {100 * records[-1]['test_acc']:.1f}% final, {100 * best['test_acc']:.1f}% best "
-            f"({unit} {best[unit]}); {wall:.1f} s in all, {per:.2f} s per {unit}")
+            f"({unit} {best[unit]}); {wall:.1f} s in all, {per_text} s per {unit}")
     if report is None:
         return text + "; no communication (one process)"
     if not report.has_formula:

@@ -46,6 +46,8 @@ def test_summary_names_final_and_best_accuracy_and_time_per_epoch_of_this_run():
     assert "payload 1,234,567 B sent, matches the formula" in line
     # all three epochs in this run: (10 + 3 + 5) / 3
     assert "6.00 s per epoch" in summary_line(RECORDS, 3, "epoch", 20.0, _report())
+    tiny = [dict(r, seconds=0.004) for r in RECORDS]
+    assert "0.004 s per epoch" in summary_line(tiny, 2, "epoch", 0.5, _report())
 
 
 def test_summary_in_rounds_and_with_the_best_last():
