@@ -54,7 +54,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default="sync", help="(default sync)")
     g.add_argument("--elasticity", type=_float_between(0, 1, "a number in (0, 1)"), default=None, metavar="ALPHA",
                    help="alpha = eta rho in (0, 1): how far worker and center move toward each other "
-                        "(default 0.9 / W for W workers)")
+                        "(default 0.9 / W for W workers; sync needs alpha < 2/(W+1))")
     g.add_argument("--period", type=_int_at_least(1, "a number of steps tau >= 1"), default=4, metavar="TAU",
                    help="local steps between two exchanges with the center (default 4)")
 
