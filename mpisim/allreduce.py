@@ -252,7 +252,7 @@ class DataParallel(Role):
         if alg != "mpi":
             per = [allreduce_traffic(alg, hi - lo, w, N) for lo, hi, _ in self.sync.buckets]
             m, b = sum(x[0] for x in per) * S, sum(x[1] for x in per) * S
-            formula = Formula(f"S·{allreduce_formula(alg, P, w, N).replace('·n', '·b·P')}", m, b, m, b)
+            formula = Formula(f"S·{allreduce_formula(alg, P, w, N, n='b·P')}", m, b, m, b)
         legend = (f"communication in this run: P = {P:,} parameters, b = {w} bytes, N = {N} ranks, S = {S} "
                   f"steps, {len(self.sync.buckets)} bucket(s), algorithm {alg}"
                   + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)" if alg == "auto" else "")

@@ -89,7 +89,7 @@ class LocalSGD(Role):
         first = run.state.start_epoch                    # A in closed form: ceil(S_e / H_e) per epoch run
         A = sum(-(-run.steps // self.period(e)) for e in range(first, first + run.epochs_run))
         m, nbytes = (A * x for x in allreduce_traffic(o.algorithm, P, b, N))
-        text = f"A·{allreduce_formula(o.algorithm, P, b, N).replace('·n', '·b·P')}"
+        text = f"A·{allreduce_formula(o.algorithm, P, b, N, n='b·P')}"
         legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, "
                   f"A = {A} averages of S = {self.local.done} steps ("
                   + (f"every step in the first {o.post_local} epochs, then " if o.post_local else "")

@@ -15,16 +15,14 @@ from .allgather import allgather
 from .allreduce import allreduce, choose_allreduce
 from .barrier import barrier
 from .reduce_scatter import reduce_scatter
-from .registry import module_dir, module_getattr
+from .registry import computed_tuples
 from .rooted import bcast, gather, reduce, scatter
 from .sim import CommTimeout, DeadlockError, RankError, SimCluster, SimTransport, run_simulated
 from .transport import ANY_SOURCE, ANY_TAG, CommError, Request, Stats, Status, Transport
 
 # ALLREDUCE_ALGORITHMS and the like: "auto", then the registered algorithms (mpisim.comm.registry)
-__getattr__ = module_getattr(__name__, ALLREDUCE_ALGORITHMS="allreduce", BCAST_ALGORITHMS="bcast",
-                             ALLGATHER_ALGORITHMS="allgather", REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
-__dir__ = module_dir(__name__, ALLREDUCE_ALGORITHMS="allreduce", BCAST_ALGORITHMS="bcast",
-                     ALLGATHER_ALGORITHMS="allgather", REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
+__getattr__, __dir__ = computed_tuples(__name__, ALLREDUCE_ALGORITHMS="allreduce", BCAST_ALGORITHMS="bcast",
+                                       ALLGATHER_ALGORITHMS="allgather", REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
 
 
 def mpi_transport(comm=None, *, abort_on_error: bool = True):

@@ -13,14 +13,13 @@ import numpy as np
 
 from ._common import TAG_ALLGATHER, Fold, check_algorithm, equal_offsets, check_array, consistency_check
 from .formulas import FOLD_BLOCKS, Call, Cost, make_cost
-from .registry import choices, get, module_dir, module_getattr, register
+from .registry import choices, computed_tuples, get, register
 from .transport import Transport
 
 __all__ = ["ALLGATHER_ALGORITHMS", "allgather"]
 
 # ALLGATHER_ALGORITHMS: ("auto", then every registered allgather algorithm), read on each access
-__getattr__ = module_getattr(__name__, ALLGATHER_ALGORITHMS="allgather")
-__dir__ = module_dir(__name__, ALLGATHER_ALGORITHMS="allgather")
+__getattr__, __dir__ = computed_tuples(__name__, ALLGATHER_ALGORITHMS="allgather")
 
 # MPICH's defaults (MPIR_CVAR_ALLGATHER_SHORT_MSG_SIZE / _LONG_MSG_SIZE): recursive doubling
 # below 512 KiB in all for a power of two, below 80 KiB otherwise (MPICH uses Bruck there; the

@@ -35,15 +35,14 @@ from ._common import (
 from .allgather import rd_allgather_groups, ring_allgather
 from .formulas import UNEVEN, Call, Cost, make_cost, tree_kind
 from .reduce_scatter import halving_groups, ring_reduce_scatter
-from .registry import choices, get, module_dir, module_getattr, register
+from .registry import choices, computed_tuples, get, register
 from .rooted import binomial_bcast, binomial_reduce
 from .transport import Transport
 
 __all__ = ["ALLREDUCE_ALGORITHMS", "allreduce", "choose_allreduce"]
 
 # ALLREDUCE_ALGORITHMS: ("auto", then every registered allreduce algorithm), read on each access
-__getattr__ = module_getattr(__name__, ALLREDUCE_ALGORITHMS="allreduce")
-__dir__ = module_dir(__name__, ALLREDUCE_ALGORITHMS="allreduce")
+__getattr__, __dir__ = computed_tuples(__name__, ALLREDUCE_ALGORITHMS="allreduce")
 
 # MPICH's default (MPIR_CVAR_ALLREDUCE_SHORT_MSG_SIZE = 2048 bytes): short messages are
 # latency-bound, so recursive doubling's log2 p steps win although each moves the whole vector;

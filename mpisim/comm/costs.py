@@ -70,6 +70,8 @@ def allreduce_traffic(algorithm: str, count: int, itemsize: int, p: int) -> tupl
     return traffic("allreduce", algorithm, p, count, itemsize)
 
 
-def allreduce_formula(algorithm: str, count: int, itemsize: int, p: int) -> str:
-    """The bytes-sent formula of :func:`allreduce_traffic` as text in N (ranks) and n (bytes)."""
-    return _entry("allreduce", algorithm, count, itemsize, p).formula(Call(p, count, itemsize))
+def allreduce_formula(algorithm: str, count: int, itemsize: int, p: int, *, n: str = "n") -> str:
+    """The bytes-sent formula of :func:`allreduce_traffic` as text in N (ranks) and ``n`` (the vector's
+    bytes; a paradigm passes "b·P")."""
+    text = _entry("allreduce", algorithm, count, itemsize, p).formula(Call(p, count, itemsize))
+    return text if n == "n" else text.replace("·n", "·" + n)

@@ -26,14 +26,13 @@ from ._common import (
     consistency_check,
 )
 from .formulas import FOLD_BLOCKS, UNEVEN, Call, Cost, blocks, make_cost
-from .registry import choices, get, module_dir, module_getattr, register
+from .registry import choices, computed_tuples, get, register
 from .transport import Transport
 
 __all__ = ["REDUCE_SCATTER_ALGORITHMS", "reduce_scatter"]
 
 # REDUCE_SCATTER_ALGORITHMS: ("auto", then every registered reduce_scatter algorithm), read on each access
-__getattr__ = module_getattr(__name__, REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
-__dir__ = module_dir(__name__, REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
+__getattr__, __dir__ = computed_tuples(__name__, REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
 
 # MPICH's default (MPIR_CVAR_REDSCAT_COMMUTATIVE_LONG_MSG_SIZE): recursive halving below
 # 512 KiB in all, pairwise exchange above (the ring here plays that part: same bytes, p-1 steps).

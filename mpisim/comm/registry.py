@@ -34,6 +34,7 @@ nothing and costs nothing) and return (messages, bytes) all ranks send and a
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 if TYPE_CHECKING:
     from .formulas import Call, Cost
 
-__all__ = ["ALGORITHMS", "Algorithm", "COLLECTIVES", "choices", "get", "module_dir", "module_getattr", "names",
+__all__ = ["ALGORITHMS", "Algorithm", "COLLECTIVES", "choices", "computed_tuples", "get", "names",
            "register", "registered"]
 
 # the collectives, in the order the report lists them
@@ -129,20 +130,15 @@ class _Algorithms(Mapping):
 ALGORITHMS: Mapping[str, tuple[str, ...]] = _Algorithms()
 
 
-def module_getattr(module: str, **tuples: str) -> Callable[[str], tuple[str, ...]]:
-    """A module ``__getattr__`` (PEP 562) that computes each of ``tuples`` (NAME=collective) from
-    :func:`choices` on every access, so ``BCAST_ALGORITHMS`` and the like follow the registry."""
+def computed_tuples(module: str, **tuples: str):
+    """A module's ``__getattr__`` and ``__dir__`` (PEP 562) for ``tuples`` (NAME=collective): each name is
+    :func:`choices` of its collective, computed on every access so ``BCAST_ALGORITHMS`` and the like
+    follow the registry, and listed by ``dir()``."""
     def __getattr__(attr: str) -> tuple[str, ...]:
         if attr in tuples:
             return choices(tuples[attr])
         raise AttributeError(f"module {module!r} has no attribute {attr!r}")
-    return __getattr__
-
-
-def module_dir(module: str, **tuples: str) -> Callable[[], list[str]]:
-    """The matching module ``__dir__``: the module's names and the computed tuples."""
-    import sys
 
     def __dir__() -> list[str]:
         return sorted({*vars(sys.modules[module]), *tuples})
-    return __dir__
+    return __getattr__, __dir__

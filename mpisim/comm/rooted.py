@@ -26,14 +26,13 @@ from ._common import (
 )
 from .allgather import ring_allgather
 from .formulas import LOPSIDED, UNEVEN, Call, Cost, blocks, make_cost, subtree_blocks, tree_kind
-from .registry import choices, get, module_dir, module_getattr, register
+from .registry import choices, computed_tuples, get, register
 from .transport import Transport
 
 __all__ = ["BCAST_ALGORITHMS", "bcast", "gather", "reduce", "scatter"]
 
 # BCAST_ALGORITHMS: ("auto", then every registered bcast algorithm), read on each access
-__getattr__ = module_getattr(__name__, BCAST_ALGORITHMS="bcast")
-__dir__ = module_dir(__name__, BCAST_ALGORITHMS="bcast")
+__getattr__, __dir__ = computed_tuples(__name__, BCAST_ALGORITHMS="bcast")
 
 # MPICH's defaults (MPIR_CVAR_BCAST_SHORT_MSG_SIZE, MPIR_CVAR_BCAST_MIN_PROCS): below 12 KiB or
 # 8 ranks a binomial tree (log p latency terms) wins; above, scatter + ring allgather moves

@@ -32,7 +32,7 @@ from ..data import DataError
 from ..nn import MLP, Optimizer, flush_denormals
 from .checkpoint import CheckpointError, checkpoint_path
 from .loop import RunState, restore_state
-from .options import TrainOptions, _int_at_least
+from .options import TrainOptions, _int_at_least, under_mpiexec
 
 __all__ = ["add_cluster_args", "check_cluster_args", "launch", "Meter", "comm_report", "CommReport", "Formula",
            "share_resume", "ParadigmError", "UsageError", "EXPECTED_ERRORS", "maybe_fail", "Reporter",
@@ -333,11 +333,6 @@ def comm_report(t, meter: Meter, roles: dict[str, list[int]], formulas: dict[str
 
 
 # -- rank 0's side of a run: evaluate, print, log, checkpoint, plot ------------------------------------
-def under_mpiexec() -> bool:
-    """True when this process was started by an MPI launcher (MPICH's hydra, Open MPI, PMIx)."""
-    return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_FD"))
-
-
 def default_to_sim(train: TrainOptions, n: int, prog: str) -> TrainOptions:
     """Not started by mpiexec and no --sim: run on ``n`` simulated ranks (and say so)."""
     if train.sim is not None or under_mpiexec():

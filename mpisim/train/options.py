@@ -35,10 +35,19 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}   (usage: {self.prog} --help)\n")
 
 
+# what an MPI launcher (MPICH's hydra, Open MPI, PMIx) puts in its processes' environment
+_LAUNCHER_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
+_LAUNCHER_ANY = (*_LAUNCHER_RANK, "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_FD")
+
+
+def under_mpiexec() -> bool:
+    """True when this process was started by an MPI launcher."""
+    return any(k in os.environ for k in _LAUNCHER_ANY)
+
+
 def launcher_rank() -> int:
-    """This process's rank as an MPI launcher told it (MPICH's hydra, Open MPI, PMIx), before MPI starts;
-    0 when there is none."""
-    for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+    """This process's rank as the MPI launcher told it, before MPI starts; 0 when there is none."""
+    for k in _LAUNCHER_RANK:
         if os.environ.get(k, "").isdigit():
             return int(os.environ[k])
     return 0

@@ -134,9 +134,8 @@ class Paradigm:
         return f"python -m mpisim.{self.name}"
 
     def build_parser(self) -> argparse.ArgumentParser:
-        p = Parser(prog=self.prog, description=self.description,
-                                    epilog=self.doc.rsplit("\n\n", 1)[1],
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = Parser(prog=self.prog, description=self.description, epilog=self.doc.rsplit("\n\n", 1)[1],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
         add_training_args(p, unit=self.unit, **self.defaults)
         if self.cluster:
             add_cluster_args(p)
