@@ -7,6 +7,10 @@ duplicate of ``COMM_WORLD`` (or of the one given), so mpisim's messages never ma
 :func:`mpi_transport` also installs an exception hook (as ``python -m mpi4py`` does): an
 uncaught exception on any rank prints the rank and the traceback, then calls ``MPI_Abort`` so
 the whole job ends with a non-zero exit instead of the other ranks waiting forever.
+
+``transport.split(color, key=0)`` is ``Comm_split`` on the transport's communicator (None for
+MPI_UNDEFINED), wrapped in an MPITransport whose counters also roll up into its parent's (see
+:mod:`mpisim.comm.group`). MPI's own messages for the split are not counted, and neither is its time.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .group import check_split, count_received, count_reduced, count_sent, count_time
 from .transport import ANY_SOURCE, ANY_TAG, CommError, Stats, Status, as_buffer, check_peer
 
 __all__ = ["MPITransport", "install_abort_hook", "mpi_transport"]
@@ -52,7 +57,7 @@ class _MPIRequest:
             with self.transport._truncation(self.buf):
                 self.req.Wait(self.status)
             self.req = None
-        self.transport.stats.comm_time += time.perf_counter() - t0
+        count_time(self.transport._chain, time.perf_counter() - t0)
         return self._complete()
 
     def test(self) -> bool:
@@ -68,14 +73,22 @@ class _MPIRequest:
 
 
 class MPITransport:
-    """One MPI process's endpoint (see :class:`mpisim.comm.transport.Transport`)."""
+    """One MPI process's endpoint (see :class:`mpisim.comm.transport.Transport`).
 
-    def __init__(self, comm: Any):
+    ``parent`` and ``members`` are set on a group made by :meth:`split`: the transport it was
+    split from, and the parent ranks of its ranks 0..size-1.
+    """
+
+    def __init__(self, comm: Any, *, parent: MPITransport | None = None, members: tuple[int, ...] | None = None):
         self._MPI = _mpi()
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self.stats = Stats()
+        self.parent = parent
+        self.members = tuple(range(self.size)) if members is None else members
+        # this transport and its ancestors: every count goes to all of them
+        self._chain: tuple[MPITransport, ...] = (self,) if parent is None else (self, *parent._chain)
 
     def __repr__(self) -> str:
         return f"MPITransport(rank={self.rank}, size={self.size})"
@@ -83,8 +96,27 @@ class MPITransport:
     def reset_stats(self) -> None:
         self.stats = Stats()
 
+    def split(self, color: int | None, key: int = 0) -> MPITransport | None:
+        """``Comm_split``: the group of the ranks that pass the same ``color``, ordered by (key, rank).
+
+        Collective over every rank of this transport; ``color=None`` (MPI_UNDEFINED) takes part and
+        returns None. See :mod:`mpisim.comm.group`.
+        """
+        check_split(color, key)
+        MPI = self._MPI
+        comm = self.comm.Split(MPI.UNDEFINED if color is None else int(color), int(key))
+        if comm == MPI.COMM_NULL:
+            return None
+        mine, theirs = comm.Get_group(), self.comm.Get_group()
+        try:
+            members = tuple(int(r) for r in mine.Translate_ranks(list(range(comm.Get_size())), theirs))
+        finally:
+            mine.Free()
+            theirs.Free()
+        return MPITransport(comm, parent=self, members=members)
+
     def reduced(self, nbytes: int) -> None:
-        self.stats.bytes_reduced += nbytes
+        count_reduced(self._chain, nbytes)
 
     def compute(self, flops: float) -> None:
         pass  # real computation takes real time
@@ -107,8 +139,7 @@ class MPITransport:
                             f"buffer ({buf.nbytes} bytes)") from exc
 
     def _sent(self, buf: np.ndarray) -> None:
-        self.stats.messages_sent += 1
-        self.stats.bytes_sent += buf.nbytes
+        count_sent(self._chain, buf.nbytes)
 
     def _received(self, buf: np.ndarray, status: Any) -> Status:
         nbytes = status.Get_count(self._MPI.BYTE)
@@ -116,8 +147,7 @@ class MPITransport:
             raise CommError(f"rank {self.rank}: message from rank {status.Get_source()} "
                             f"(tag {status.Get_tag()}) has {nbytes} bytes but the receive buffer "
                             f"holds {buf.nbytes}")
-        self.stats.messages_received += 1
-        self.stats.bytes_received += nbytes
+        count_received(self._chain, nbytes)
         return Status(status.Get_source(), status.Get_tag(), nbytes)
 
     def _bytes(self, buf: np.ndarray) -> list:
@@ -129,7 +159,7 @@ class MPITransport:
         check_peer(dest, self.size, "dest")
         t0 = time.perf_counter()
         self.comm.Send(self._bytes(buf), dest, tag)
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         self._sent(buf)
 
     def recv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Status:
@@ -139,7 +169,7 @@ class MPITransport:
         t0 = time.perf_counter()
         with self._truncation(buf):
             self.comm.Recv(self._bytes(buf), src, tg, status)
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         return self._received(buf, status)
 
     def sendrecv(self, sendbuf: np.ndarray, dest: int, recvbuf: np.ndarray, source: int,
@@ -152,7 +182,7 @@ class MPITransport:
         t0 = time.perf_counter()
         with self._truncation(recvbuf):
             self.comm.Sendrecv(self._bytes(sendbuf), dest, sendtag, self._bytes(recvbuf), src, tg, status)
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         self._sent(sendbuf)
         return self._received(recvbuf, status)
 
@@ -161,7 +191,7 @@ class MPITransport:
         check_peer(dest, self.size, "dest")
         t0 = time.perf_counter()
         req = self.comm.Isend(self._bytes(buf), dest, tag)
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         self._sent(buf)
         return _MPIRequest(self, req, buf, is_recv=False)
 
@@ -170,7 +200,7 @@ class MPITransport:
         src, tg = self._src_tag(source, tag)
         t0 = time.perf_counter()
         req = self.comm.Irecv(self._bytes(buf), src, tg)
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         return _MPIRequest(self, req, buf, is_recv=True)
 
     # -- beyond the protocol: MPI-only calls, for baselines and for ending a failed job -------------
@@ -184,7 +214,7 @@ class MPITransport:
             self.comm.Allreduce(self._MPI.IN_PLACE, out, op=self._MPI.SUM)
         else:
             self.comm.Allreduce(array, out, op=self._MPI.SUM)
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         return out
 
     def abort(self, code: int = 1) -> None:

@@ -19,6 +19,18 @@ a receive completes at max(own clock, arrival), ``transport.reduced(n)`` charges
 clocks depend only on the schedule of messages, not on how the threads happen to run, with two
 exceptions: ``compute=wall`` (measured time varies), and link contention with ANY_SOURCE
 receives (the link serves messages in the order the receiver matches them, which is real time).
+
+Groups (``transport.split(color, key)``, see :mod:`mpisim.comm.group`) are :class:`SimGroup`
+transports on the same threads. Every message and every posted receive carries a context id
+(0 for the world, a new one per group), and matching, ANY_SOURCE and ANY_TAG included, happens
+only within one context, so a group's messages never meet its parent's or another group's; a
+receive's Status names the sender's rank in the group. A group has no clock of its own: its
+``clock``, ``network``, ``compute`` and ``reduced`` act on the rank's one clock, so time spent in
+a group shows on the rank. Its counters roll up into its parent's. The logical clock
+``stats.rounds`` is kept per level: a message carries its sender's rounds of the group and of
+each ancestor, and the receiver takes the maximum level by level (both ends of a message share
+the chain of ancestors). Deadlock, failure and timeout detection see every rank's receives,
+whatever group they are in, and name world ranks and the group context.
 """
 from __future__ import annotations
 
@@ -30,6 +42,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .allgather import allgather
+from .group import check_split, count_received, count_reduced, count_sent, count_time, group_of, uncounted
 from .network import TICK, Network, parse_network
 from .transport import (
     ANY_SOURCE,
@@ -41,7 +55,7 @@ from .transport import (
     check_peer,
 )
 
-__all__ = ["CommTimeout", "DeadlockError", "RankError", "SimCluster", "SimTransport", "run_simulated"]
+__all__ = ["CommTimeout", "DeadlockError", "RankError", "SimCluster", "SimGroup", "SimTransport", "run_simulated"]
 
 DEFAULT_TIMEOUT = float(os.environ.get("MPISIM_SIM_TIMEOUT", "60"))
 ABORT_GRACE = 2.0  # seconds a failed run waits for the other ranks to stop
@@ -81,23 +95,30 @@ def _matches(want_src: int, want_tag: int, src: int, tag: int) -> bool:
 class _Recv:
     """A posted receive (the request behind irecv and recv)."""
 
-    __slots__ = ("owner", "buf", "source", "tag", "done", "data", "src", "msg_tag", "stamp", "copied",
+    __slots__ = ("owner", "ctx", "buf", "source", "tag", "done", "data", "src", "msg_tag", "stamp", "copied",
                  "status")
 
     def __init__(self, owner: "SimTransport", buf: np.ndarray, source: int, tag: int):
         self.owner, self.buf, self.source, self.tag = owner, buf, source, tag
+        self.ctx = owner.ctx  # matches only messages of the owner's group
         self.done = False
         self.data: np.ndarray | None = None  # set when the message is matched but not yet copied
-        self.src = self.msg_tag = -1
-        self.stamp: tuple[int, int] = (0, 0)  # the sender's (round, virtual send time)
+        self.src = self.msg_tag = -1  # the sender's rank in the group, and the tag
+        self.stamp: tuple[tuple[int, ...], int] = ((), 0)  # the sender's (rounds per level, virtual send time)
         self.copied = False  # the sender wrote straight into buf
         self.status: Status | None = None  # set once the receive is complete and counted
 
     def describe(self) -> str:
-        """'rank 2 (tag 5, 16 bytes)': what this receive waits for, for error messages."""
-        src = "any rank" if self.source == ANY_SOURCE else f"rank {self.source}"
+        """'rank 2 (tag 5, 16 bytes)': what this receive waits for, in world ranks, for error messages."""
+        t = self.owner
+        src = "any rank" if self.source == ANY_SOURCE else f"rank {t._wranks[self.source]}"
         tag = "any tag" if self.tag == ANY_TAG else f"tag {self.tag}"
-        return f"{src} ({tag}, {self.buf.nbytes} bytes)"
+        where = ""
+        if self.ctx:
+            where = f"; in group context {self.ctx} of world ranks {list(t._wranks)}"
+            if self.source != ANY_SOURCE:
+                where += f", its rank {self.source}"
+        return f"{src} ({tag}, {self.buf.nbytes} bytes{where})"
 
     def test(self) -> bool:
         """True once the message has arrived; the buffer is then filled (as by ``wait``)."""
@@ -146,8 +167,18 @@ class SimCluster:
         self.waiting: dict[int, _Recv] = {}
         self.finished: set[int] = set()
         self.failed: tuple[int, BaseException] | None = None
+        self.contexts: dict[tuple, int] = {}  # a group's (parent context, split number, color) -> its context
         self.transports = [SimTransport(self, r) for r in range(self.size)]
         self._ran = False
+
+    def context(self, parent: int, split: int, color: int) -> int:
+        """The context id of group ``color`` of the ``split``-th split of context ``parent``.
+
+        Every member asks with the same triple and gets the same id; any other group gets
+        another (0 is the world's).
+        """
+        with self.lock:
+            return self.contexts.setdefault((parent, split, color), len(self.contexts) + 1)
 
     # -- failure handling (lock held) -------------------------------------------------------
     def _abort(self, rank: int, exc: BaseException) -> None:
@@ -232,16 +263,24 @@ class SimCluster:
 class SimTransport:
     """One simulated rank's endpoint (see :class:`mpisim.comm.transport.Transport`)."""
 
+    ctx = 0        # the world's context; a group has its own
+    parent = None  # the world has none; a group's is the transport it was split from
+
     def __init__(self, cluster: SimCluster, rank: int):
         self.cluster = cluster
         self.rank = rank
         self.size = cluster.size
+        self.members = tuple(range(cluster.size))  # world ranks are their own parent ranks
         self.stats = Stats()
         self.network = cluster.network
         self.clock = 0        # virtual time in ticks (stays 0 without a network model)
         self.rx_free = 0      # with link contention: when this rank's incoming link is next free
         self._cpu: float | None = None   # compute=wall: the owner thread's CPU time at its last transport call
         self._owner: int | None = None
+        self._world = self              # the rank's world transport, which holds the clock
+        self._wranks = self.members     # the world rank of each rank of this transport
+        self._chain: tuple[SimTransport, ...] = (self,)  # this transport and its ancestors: counts go to all
+        self._splits = 0                # splits so far (the same count on every rank): names the contexts
 
     def reset_stats(self) -> None:
         """Zero the counters (the virtual clock goes on: it orders messages between ranks)."""
@@ -251,6 +290,24 @@ class SimTransport:
     def vtime(self) -> float:
         """This rank's virtual time in seconds (0 without a network model)."""
         return self.clock * TICK
+
+    def split(self, color: int | None, key: int = 0) -> SimGroup | None:
+        """MPI's Comm_split: the group of the ranks that pass the same ``color`` (see :mod:`mpisim.comm.group`).
+
+        Collective over every rank of this transport. Ranks are ordered in the group by (key,
+        rank); ``color=None`` takes part and returns None. The (color, key) exchange is an
+        allgather over this transport whose messages are not counted (as MPI's are not), but it
+        does advance the virtual clock, as any communication does.
+        """
+        check_split(color, key)
+        mine = np.array([-1 if color is None else color, key], dtype=np.int64)
+        with uncounted(self):
+            table = allgather(self, mine)
+        self._splits += 1
+        members = group_of([(None if c < 0 else c, k) for c, k in table.tolist()], self.rank)
+        if members is None:
+            return None
+        return SimGroup(self, members, self.cluster.context(self.ctx, self._splits, int(color)))
 
     # -- virtual time of local work -------------------------------------------------------------
     def _mark(self) -> None:
@@ -267,7 +324,7 @@ class SimTransport:
 
     def reduced(self, nbytes: int) -> None:
         """Count a reduction over ``nbytes`` bytes of vector; the model charges nbytes*gamma."""
-        self.stats.bytes_reduced += nbytes
+        count_reduced(self._chain, nbytes)
         if self.network is not None and not self.cluster.wall:
             self.clock += nbytes * self.network.gamma
 
@@ -293,20 +350,22 @@ class SimTransport:
         cl = self.cluster
         data = _payload(buf)
         nbytes = data.nbytes
-        self.stats.rounds += 1
-        stamp = (self.stats.rounds, self.clock)
+        for t in self._chain:  # one round on every level's logical clock
+            t.stats.rounds += 1
+        stamp = (tuple(t.stats.rounds for t in self._chain), self.clock)
         if self.network is not None:
             self.clock += self.network.message(nbytes)  # the port is busy until the message is out
+        wdest, ctx = self._wranks[dest], self.ctx
         direct: _Recv | None = None
         with cl.lock:
             if cl.failed is not None:
                 raise _Aborted()
-            for i, r in enumerate(cl.posted[dest]):
-                if _matches(r.source, r.tag, self.rank, tag):
-                    direct = cl.posted[dest].pop(i)
+            for i, r in enumerate(cl.posted[wdest]):
+                if r.ctx == ctx and _matches(r.source, r.tag, self.rank, tag):
+                    direct = cl.posted[wdest].pop(i)
                     break
             if direct is None:
-                cl.unexpected[dest][self.rank].append((tag, data.copy(), stamp, cl.seq))
+                cl.unexpected[wdest][self._world.rank].append((ctx, tag, self.rank, data.copy(), stamp, cl.seq))
                 cl.seq += 1
         if direct is not None:
             if direct.buf.nbytes == nbytes:
@@ -316,17 +375,16 @@ class SimTransport:
                 direct.data = data.copy()  # the receiver reports the size mismatch
             with cl.lock:
                 direct.src, direct.msg_tag, direct.stamp, direct.done = self.rank, tag, stamp, True
-                cl.waiting.pop(dest, None)
-                cl.cond[dest].notify_all()
-        self.stats.messages_sent += 1
-        self.stats.bytes_sent += nbytes
+                cl.waiting.pop(wdest, None)
+                cl.cond[wdest].notify_all()
+        count_sent(self._chain, nbytes)
 
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
         t0 = time.perf_counter()
         self._charge()
         self._post_send(buf, dest, tag)
         self._mark()
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
 
     def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _Sent:
         self.send(buf, dest, tag)
@@ -345,34 +403,36 @@ class SimTransport:
                 raise _Aborted()
             found = self._take_unexpected(source, tag)
             if found is None:
-                cl.posted[self.rank].append(req)
+                cl.posted[self._world.rank].append(req)
             else:
-                req.src, (req.msg_tag, req.data, req.stamp) = found
+                req.msg_tag, req.src, req.data, req.stamp = found
                 req.done = True
         self._mark()
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         return req
 
-    def _take_unexpected(self, source: int, tag: int) -> tuple[int, tuple] | None:
-        """Remove and return (src, message) of the earliest matching unexpected message."""
-        cl = self.cluster
-        box = cl.unexpected[self.rank]
+    def _take_unexpected(self, source: int, tag: int) -> tuple | None:
+        """Remove the earliest matching unexpected message of this context; return its (tag, src, payload, stamp)."""
+        box = self.cluster.unexpected[self._world.rank]
+        ctx = self.ctx
         best = None
         for src in (range(self.size) if source == ANY_SOURCE else (source,)):
-            for i, msg in enumerate(box[src]):
-                if tag == ANY_TAG or msg[0] == tag:
-                    if best is None or msg[3] < best[2]:
-                        best = (src, i, msg[3])
+            queue = box[self._wranks[src]]
+            for i, msg in enumerate(queue):  # msg: (ctx, tag, src in the group, payload, stamp, seq)
+                if msg[0] == ctx and (tag == ANY_TAG or msg[1] == tag):
+                    if best is None or msg[5] < best[2]:
+                        best = (queue, i, msg[5])
                     break
         if best is None:
             return None
-        src, i, _ = best
-        msg = box[src][i]
-        del box[src][i]
-        return src, msg[:3]
+        queue, i, _ = best
+        msg = queue[i]
+        del queue[i]
+        return msg[1:5]
 
     def _wait(self, req: _Recv) -> Status:
         cl = self.cluster
+        me = self._world.rank  # the cluster's lists and the deadlock watch are in world ranks
         t0 = time.perf_counter()
         self._charge()
         with cl.lock:
@@ -380,20 +440,20 @@ class SimTransport:
             while not req.done:
                 if cl.failed is not None:
                     raise _Aborted()
-                cl.waiting[self.rank] = req
+                cl.waiting[me] = req
                 cl._check_deadlock()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    exc = CommTimeout(f"simulated rank {self.rank} blocked for {cl.timeout:g} s "
+                    exc = CommTimeout(f"simulated rank {me} blocked for {cl.timeout:g} s "
                                       f"waiting for a message from {req.describe()}")
-                    cl.waiting.pop(self.rank, None)
-                    cl._abort(self.rank, exc)
+                    cl.waiting.pop(me, None)
+                    cl._abort(me, exc)
                     raise exc
-                cl.cond[self.rank].wait(left)
-            cl.waiting.pop(self.rank, None)
+                cl.cond[me].wait(left)
+            cl.waiting.pop(me, None)
         status = self._finish(req)
         self._mark()
-        self.stats.comm_time += time.perf_counter() - t0
+        count_time(self._chain, time.perf_counter() - t0)
         return status
 
     def _finish(self, req: _Recv) -> Status:
@@ -401,15 +461,15 @@ class SimTransport:
         if not req.copied:
             nbytes = req.data.nbytes
             if nbytes != req.buf.nbytes:
-                raise CommError(f"rank {self.rank}: message from rank {req.src} (tag {req.msg_tag}) "
-                                f"has {nbytes} bytes but the receive buffer holds {req.buf.nbytes}")
+                raise CommError(f"rank {self._world.rank}: message from rank {self._wranks[req.src]} "
+                                f"(tag {req.msg_tag}) has {nbytes} bytes but the receive buffer holds {req.buf.nbytes}")
             _payload(req.buf)[...] = req.data
             req.data = None
             req.copied = True
-        self.stats.messages_received += 1
-        self.stats.bytes_received += req.buf.nbytes
+        count_received(self._chain, req.buf.nbytes)
         rounds, sent_at = req.stamp
-        self.stats.rounds = max(self.stats.rounds, rounds)
+        for t, r in zip(self._chain, rounds):  # sender and receiver share the chain of ancestors
+            t.stats.rounds = max(t.stats.rounds, r)
         net = self.network
         if net is not None:
             if net.contention:  # the incoming link carries one message at a time
@@ -430,6 +490,56 @@ class SimTransport:
         req = self.irecv(recvbuf, source, recvtag)
         self.send(sendbuf, dest, sendtag)
         return req.wait()
+
+
+class SimGroup(SimTransport):
+    """A group's endpoint on one simulated rank, made by :meth:`SimTransport.split`.
+
+    The same calls as a world transport, in group ranks and in the group's own context. State
+    that belongs to the rank, not to a group (the virtual clock, the incoming link, the CPU
+    time of compute=wall), is the world transport's.
+    """
+
+    def __init__(self, parent: SimTransport, members: tuple[int, ...], ctx: int):
+        self.cluster = parent.cluster
+        self.parent = parent
+        self.members = members  # parent ranks of group ranks 0..size-1
+        self.rank = members.index(parent.rank)
+        self.size = len(members)
+        self.ctx = ctx
+        self.stats = Stats()
+        self.network = parent.network
+        self._world = parent._world
+        self._wranks = tuple(parent._wranks[m] for m in members)
+        self._chain = (self, *parent._chain)
+        self._splits = 0
+
+    @property
+    def clock(self) -> int:
+        """The rank's one virtual clock: time spent in the group is time on the rank."""
+        return self._world.clock
+
+    @clock.setter
+    def clock(self, ticks: int) -> None:
+        self._world.clock = ticks
+
+    @property
+    def rx_free(self) -> int:
+        return self._world.rx_free
+
+    @rx_free.setter
+    def rx_free(self, ticks: int) -> None:
+        self._world.rx_free = ticks
+
+    def _mark(self) -> None:
+        self._world._mark()
+
+    def _charge(self) -> None:
+        self._world._charge()
+
+    def __repr__(self) -> str:
+        return (f"SimGroup(rank={self.rank}, size={self.size}, world rank={self._world.rank}, "
+                f"context={self.ctx})")
 
 
 def run_simulated(n: int, fn: Callable[..., Any], *args: Any, network: Network | str | None = None,

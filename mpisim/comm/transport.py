@@ -12,6 +12,15 @@ Semantics shared by both (they are MPI's):
   byte size, otherwise :class:`CommError` is raised (never a silent partial fill).
 * ``source=ANY_SOURCE`` / ``tag=ANY_TAG`` match any sender / tag; ``recv`` returns a
   :class:`Status` naming the actual source, tag and byte count.
+
+Sub-communicators (MPI's ``Comm_split``; :mod:`mpisim.comm.group`): ``t.split(color, key=0)``,
+collective over every rank of ``t``, returns a transport for the ranks that passed the same
+``color`` (an int >= 0), ordered by ``(key, rank)``, or None for ``color=None``. It speaks this
+whole protocol in its own ranks, so every collective runs on it unchanged; its messages never
+match those of ``t`` or of another group; it knows ``parent`` (``t``) and ``members`` (the ranks
+in ``t`` of its ranks 0..size-1), and can be split again. Its counters roll up: what it moves is
+counted in its own ``stats`` and in its parent's, up to the world transport. A world transport
+has ``parent`` None and ``members`` 0..size-1.
 """
 from __future__ import annotations
 
@@ -86,11 +95,13 @@ class Request(Protocol):
 
 @runtime_checkable
 class Transport(Protocol):
-    """One rank's endpoint. Collectives use only these members."""
+    """One rank's endpoint. Collectives use only point-to-point calls, ``rank``, ``size`` and ``reduced``."""
 
     rank: int
     size: int
     stats: Stats
+    parent: Transport | None
+    members: tuple[int, ...]
 
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None: ...
 
@@ -118,6 +129,10 @@ class Transport(Protocol):
 
     def compute(self, flops: float) -> None:
         """Declare ``flops`` of local work (charged in virtual time by a simulated network with a rate)."""
+        ...
+
+    def split(self, color: int | None, key: int = 0) -> Transport | None:
+        """The group of the ranks that pass the same ``color``, ordered by (key, rank); None for color None."""
         ...
 
 

@@ -45,3 +45,11 @@ def test_transport_semantics_under_mpi():
     res = run_mpi(2, f"{SCRIPTS}/transport_semantics.py", timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "transport semantics ok" in res.stdout
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("n", [3, 4])
+def test_split_groups_under_mpi(n):
+    res = run_mpi(n, f"{SCRIPTS}/split_groups.py", timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"split groups ok on {n} ranks" in res.stdout
