@@ -12,6 +12,7 @@ Every data problem raises :class:`DataError`, a ``ValueError``.
 from .datasets import (
     DATASETS,
     Dataset,
+    dataset_shape,
     load_dataset,
     load_digits,
     load_mnist,
@@ -30,7 +31,7 @@ from .partition import (
 )
 
 __all__ = [
-    "DATASETS", "DataError", "Dataset", "dirichlet_partition", "distributed_indices",
+    "DATASETS", "DataError", "Dataset", "dataset_shape", "dirichlet_partition", "distributed_indices",
     "download_mnist", "epoch_permutation", "iid_partition", "label_histogram", "load_dataset",
     "load_digits", "load_mnist", "make_synthetic", "normalize", "read_idx", "shard_partition",
     "train_val_split",

@@ -21,7 +21,7 @@ import numpy as np
 from .idx import MNIST_FILES, DataError, download_mnist, read_idx
 from .partition import data_rng
 
-__all__ = ["DATASETS", "Dataset", "load_dataset", "load_digits", "load_mnist", "make_synthetic",
+__all__ = ["DATASETS", "Dataset", "dataset_shape", "load_dataset", "load_digits", "load_mnist", "make_synthetic",
            "normalize", "train_val_split"]
 
 DATASETS = ("digits", "mnist", "synthetic")
@@ -241,6 +241,17 @@ def make_synthetic(n: int, *, features: int = 64, classes: int = 10, seed: int =
     k = n - n_test
     return Dataset("synthetic", x[:k], y[:k], x[k:], y[k:], num_classes=classes,
                    image_shape=(features,))
+
+
+def dataset_shape(name: str, *, synthetic_features: int = 64, synthetic_classes: int = 10) -> tuple[int, int]:
+    """(features, classes) of a dataset, without loading it (to check options before a run)."""
+    if name == "digits":
+        return 64, 10
+    if name == "mnist":
+        return 28 * 28, 10
+    if name == "synthetic":
+        return synthetic_features, synthetic_classes
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = False,

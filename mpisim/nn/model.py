@@ -23,7 +23,7 @@ from .init import INITIALIZERS, init_weight
 from .layers import ACTIVATIONS, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear
 from .loss import SoftmaxCrossEntropy
 
-__all__ = ["MLP", "parse_hidden"]
+__all__ = ["MLP", "dropout_generator", "parse_hidden"]
 
 _INIT_PURPOSE, _DROPOUT_PURPOSE = 1, 2
 
@@ -34,6 +34,11 @@ def _views(vector, slices) -> dict[int, dict[str, np.ndarray]]:
     for li, name, off, shape in slices:
         views.setdefault(li, {})[name] = vector[off:off + int(np.prod(shape))].reshape(shape)
     return views
+
+
+def dropout_generator(seed: int, key: tuple, layer: int) -> np.random.Generator:
+    """The generator of Dropout layer ``layer`` of a model seeded ``seed``, for ``key`` (e.g. (epoch,))."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _DROPOUT_PURPOSE, *key, layer]))
 
 
 def parse_hidden(text: str) -> list[int]:
@@ -134,8 +139,7 @@ class MLP:
         or (epoch, rank), so that a resumed run draws the same masks as an uninterrupted one."""
         for li, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
-                ss = np.random.SeedSequence([self.seed, _DROPOUT_PURPOSE, *key, li])
-                layer.rng = np.random.default_rng(ss)
+                layer.rng = dropout_generator(self.seed, key, li)
 
     # -- compute -----------------------------------------------------------------------------------
     def _check_input(self, x: np.ndarray) -> np.ndarray:

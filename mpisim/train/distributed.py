@@ -195,22 +195,25 @@ def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) 
 
 
 # -- resuming ------------------------------------------------------------------------------------------
-def share_resume(t, args: TrainOptions, model: MLP, opt: Optimizer | None, config: dict) -> RunState:
+def share_resume(t, args: TrainOptions, model: MLP, opt: Optimizer | None, config: dict, *,
+                 opt_state: bool = True) -> RunState:
     """Rank 0 restores ``--checkpoint`` (if resuming) and broadcasts parameters, BatchNorm buffers,
     optimizer state and the epoch to every rank; other ranks get the history-free :class:`RunState`.
+    ``opt_state=False``: rank 0 alone holds the optimizer (``opt`` is None elsewhere); only its step
+    count is broadcast (``RunState.opt_steps``), the moments go to the ranks that own them later.
 
     A bad checkpoint raises on rank 0 only, which ends the job with a message naming rank 0.
     """
     state = restore_state(args, model, opt, config) if t.rank == 0 else RunState()
     if not args.resume:
         return state
-    head = bcast(t, np.array([state.start_epoch], dtype=np.int64))
+    steps = opt.steps if t.rank == 0 and opt is not None else 0
+    head = bcast(t, np.array([state.start_epoch, steps], dtype=np.int64))
     for a in (model.params, model.buffers):
         a[...] = bcast(t, a)
-    if opt is not None:      # the same keys in the same order on every rank: one bcast each
+    if opt_state and opt is not None:      # the same keys in the same order on every rank: one bcast each
         opt.load_state_dict({k: bcast(t, np.atleast_1d(v)).reshape(v.shape) for k, v in opt.state_dict().items()})
-    if t.rank != 0:
-        state.start_epoch = int(head[0])
+    state.start_epoch, state.opt_steps = int(head[0]), int(head[1])
     return state
 
 

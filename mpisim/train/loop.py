@@ -34,8 +34,11 @@ def build_model(args: TrainOptions, ds: Dataset) -> MLP:
                device=make_device(args.device, matmul_backend=args.matmul_backend))
 
 
-def build_optimizer(args: TrainOptions, model: MLP) -> Optimizer:
-    return make_optimizer(args.optimizer, model.params, model.grads, lr=args.lr,
+def build_optimizer(args: TrainOptions, model: MLP | None, params: np.ndarray | None = None,
+                    grads: np.ndarray | None = None) -> Optimizer:
+    """The optimizer the options name, over the model's vectors (or over ``params`` and ``grads``: a part)."""
+    return make_optimizer(args.optimizer, model.params if params is None else params,
+                          model.grads if grads is None else grads, lr=args.lr,
                           weight_decay=args.weight_decay, momentum=args.momentum)
 
 
@@ -51,6 +54,7 @@ class RunState:
     start_epoch: int = 0
     history: list[dict] = field(default_factory=list)
     per_rank: dict = field(default_factory=dict)
+    opt_steps: int = 0              # the optimizer's step count in the checkpoint (for model-parallel parts)
 
 
 def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, epochs: int, config: dict,
@@ -82,7 +86,7 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict) 
     saved = meta["config"]
     old_epochs = meta.get("epochs")
     if config.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
-        raise CheckpointError(f"{where} was a run of {old_epochs} epochs with --schedule cosine, whose learning "
+        raise CheckpointError(f"{where} was a run of {old_epochs} epochs with the cosine learning-rate schedule, whose learning "
                               f"rate depends on the number of epochs: resume it with --epochs {old_epochs}")
     if saved.get("paradigm") != config.get("paradigm"):
         raise CheckpointError(f"{where} is a checkpoint of python -m mpisim.{saved.get('paradigm')}, not of "

@@ -22,7 +22,7 @@ __all__ = ["Parser", "add_training_args", "check_training_args", "prepare_output
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
-                     "download", "device", "matmul_backend", "inject_fault")
+                     "download", "device", "matmul_backend", "inject_fault", "schedule_plot")
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,9 +108,11 @@ def _hidden(text: str) -> list[int]:
 
 
 def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_size: int = 64,
-                      lr: float = 1e-3, optimizer: str = "adam", unit: str = "epoch") -> None:
+                      lr: float = 1e-3, optimizer: str = "adam", unit: str = "epoch",
+                      hidden: tuple[int, ...] = (128, 64), lr_schedule_flag: str = "--schedule") -> None:
     """Add the shared options; a paradigm may pass its own defaults for epochs (or rounds, with
-    ``unit="round"``, which also leaves the batch size to the paradigm), batch size, lr and optimizer."""
+    ``unit="round"``, which also leaves the batch size to the paradigm), batch size, lr, optimizer and
+    hidden sizes, and rename the learning-rate schedule's flag (a pipeline's ``--schedule`` is its own)."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="digits: scikit-learn's 8x8 digits, no download (default); mnist: IDX files from "
@@ -127,8 +129,9 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
                    help="features of the synthetic dataset (default 64)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--hidden", type=_hidden, default=[128, 64], metavar="SIZES",
-                   help="hidden layer sizes, e.g. 512,256,128; 'none' for logistic regression (default 128,64)")
+    g.add_argument("--hidden", type=_hidden, default=list(hidden), metavar="SIZES",
+                   help="hidden layer sizes, e.g. 512,256,128; 'none' for logistic regression "
+                        f"(default {','.join(map(str, hidden))})")
     g.add_argument("--activation", choices=list(ACTIVATIONS), default="relu", help="(default relu)")
     g.add_argument("--dropout", type=_fraction, default=0.0, metavar="P", help="dropout after each hidden layer (default 0)")
     g.add_argument("--batchnorm", action="store_true", help="BatchNorm1d after each hidden Linear")
@@ -148,7 +151,8 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--momentum", type=_fraction, default=0.9, help="for momentum and nesterov (default 0.9)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, metavar="WD",
                    help="L2 for sgd/momentum/nesterov/adam, decoupled for adamw (default 0)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="constant", help="(default constant)")
+    g.add_argument(lr_schedule_flag, dest="schedule", choices=SCHEDULES, default="constant",
+                   help="learning-rate schedule (default constant)")
     g.add_argument("--step-size", type=_positive_int, default=3, metavar="EPOCHS",
                    help="step schedule: decay every this many epochs (default 3)")
     g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor in (0, 1] (default 0.5)")

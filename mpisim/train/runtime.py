@@ -41,7 +41,7 @@ from .loop import (build_dataset, build_model, build_optimizer, build_schedule, 
                    save_state)
 from .options import Parser, TrainOptions, add_training_args, check_training_args, options_from, run_config
 
-__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Payload", "Role", "Run", "fault_on_server",
+__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Part", "Payload", "Role", "Run", "fault_on_server",
            "summary_line"]
 
 
@@ -66,7 +66,21 @@ class Payload:
     categories: tuple[str, ...] = ("payload", "control")
 
 
+@dataclass
+class Part:
+    """What one rank of a model-parallel paradigm trains (see ``Paradigm.parts``): ``index``, positions in the
+    full flat parameter vector, and ``opt``, the optimizer over this rank's own copy of the parameters at
+    those positions (``opt.params[j]`` is ``model.params[index[j]]``; its moments lie the same way).
+    ``owned`` (True, False, or a mask over ``index``) marks the positions this rank answers for: every
+    parameter is owned by exactly one rank; the others hold replicas (data-parallel copies, replicated
+    biases), which are restored on a resume but never gathered."""
+    index: np.ndarray
+    opt: Any
+    owned: Any = True
+
+
 TAG_OWN = 501      # each rank's own state to and from rank 0 for checkpoints
+TAG_PART = 502     # model-parallel parts to and from rank 0
 
 
 class _Refused(Exception):
@@ -106,6 +120,10 @@ class Role:
         """Extra entries for rank 0's return value."""
         return {}
 
+    def epilogue(self) -> str | None:
+        """Rank 0's closing text after the communication table (a paradigm's own measurements)."""
+        return None
+
     def close(self) -> None:
         """Release what the role started (threads), also after an error."""
 
@@ -128,6 +146,9 @@ class Paradigm:
     unit: str = "epoch"                         # or "round"
     defaults: dict = field(default_factory=dict)   # add_training_args' defaults: epochs, lr, optimizer
     cluster: bool = True                        # False: one process, no cluster options
+    parts: bool = False                         # model parallel: each rank trains a Part of the model
+    #                                             (Run.attach); the full model and optimizer on rank 0 are
+    #                                             gathered from the parts before each evaluation and checkpoint
 
     @property
     def prog(self) -> str:
@@ -200,12 +221,16 @@ class Run:
         tr = self.train
         self.ds = build_dataset(tr)
         self.model = build_model(tr, self.ds)
-        self.opt = build_optimizer(tr, self.model)
+        # model parallel: the full optimizer state only on rank 0, and only to checkpoint it
+        whole = not paradigm.parts or (t.rank == 0 and tr.checkpoint)
+        self.opt = build_optimizer(tr, self.model) if whole else None
         self.lr_at = build_schedule(tr)
         ranks = {"ranks": t.size} if paradigm.cluster else {}
         self.config = run_config(tr, self.opts, exclude=LAUNCH_OPTIONS, **ranks, paradigm=paradigm.name,
                                  data=data_fingerprint(self.ds))
-        self.state = share_resume(t, tr, self.model, self.opt, self.config)
+        self.state = share_resume(t, tr, self.model, self.opt, self.config, opt_state=not paradigm.parts)
+        self.part: Part | None = None
+        self.part_index: list[tuple[np.ndarray, np.ndarray]] = []   # rank 0: every rank's (index, owned mask)
         self.meter = Meter(t)
         if paradigm.per_rank_state and tr.resume:
             self.scatter_own()
@@ -281,6 +306,8 @@ class Run:
             values = role.epoch(epoch)
             self.epochs_run += 1
             own = self.gather_own() if self.paradigm.per_rank_state and tr.checkpoint else None
+            if self.paradigm.parts:
+                self.gather_parts()
             if rep:
                 values.setdefault("seconds", self.elapsed())
                 rec = rep.record(epoch + 1, self.ds.x_test, self.ds.y_test, values, model=role.eval_model(),
@@ -293,6 +320,93 @@ class Run:
     def save(self, role: Role, epoch: int, history: list[dict], own: dict | None = None) -> None:
         save_state(self.train.checkpoint, self.model, role.checkpoint_optimizer(), epoch=epoch,
                    epochs=self.train.epochs, config=self.config, history=history, per_rank=own)
+
+    # -- model-parallel parts (Paradigm.parts) -------------------------------------------------------------
+    def optimizer(self, params: np.ndarray, grads: np.ndarray):
+        """The optimizer the options name, over a part's own flat ``params`` and ``grads``."""
+        return build_optimizer(self.train, None, params, grads)
+
+    def attach(self, part: Part) -> None:
+        """Take this rank's part: its parameters from the full model (which every rank built from the same
+        seed, or, on a resume, received from rank 0), its optimizer state from rank 0's checkpoint on a
+        resume; rank 0 learns where every part lies (control)."""
+        t, idx = self.t, np.ascontiguousarray(part.index, dtype=np.int64)
+        if idx.ndim != 1 or idx.shape != part.opt.params.shape:
+            raise ValueError(f"a part's index has {idx.size} positions but its optimizer {part.opt.params.size}")
+        owned = np.ascontiguousarray(np.broadcast_to(np.asarray(part.owned, dtype=bool), idx.shape))
+        self.part = Part(idx, part.opt, owned)
+        part.opt.params[...] = self.model.params[idx]
+        with self.meter.comm("control"):
+            if self.rank != 0:
+                t.send(np.array([idx.size], dtype=np.int64), 0, TAG_PART)
+                t.send(idx, 0, TAG_PART)
+                t.send(owned.view(np.uint8), 0, TAG_PART)
+            else:
+                self.part_index = [(idx, owned)]
+                head = np.zeros(1, dtype=np.int64)
+                for r in range(1, self.size):
+                    t.recv(head, r, TAG_PART)
+                    other, mask = np.empty(int(head[0]), dtype=np.int64), np.empty(int(head[0]), dtype=np.uint8)
+                    t.recv(other, r, TAG_PART)
+                    t.recv(mask, r, TAG_PART)
+                    self.part_index.append((other, mask.view(bool)))
+                self._check_cover()
+            if self.train.resume:
+                self._scatter_part_state()
+
+    def _check_cover(self) -> None:
+        """The owned positions must cover the model's parameters once each (a paradigm's bug otherwise)."""
+        count = np.zeros(self.model.params.size, dtype=np.int64)
+        for idx, owned in self.part_index:
+            np.add.at(count, idx[owned], 1)
+        if (count != 1).any():
+            raise RuntimeError(f"{self.paradigm.name}: the parts own {int((count == 0).sum())} parameters "
+                               f"never and {int((count > 1).sum())} more than once")
+
+    def _scatter_part_state(self) -> None:
+        """On a resume: each part's optimizer moments from rank 0's checkpoint (the step count came with
+        the broadcast head)."""
+        opt = self.part.opt
+        opt.steps = self.state.opt_steps
+        if self.rank != 0:
+            for k in opt.state_names:
+                self.t.recv(opt.state[k], 0, TAG_PART)
+            return
+        for r, (idx, _) in enumerate(self.part_index):
+            for k in opt.state_names:
+                values = np.ascontiguousarray(self.opt.state[k][idx])
+                if r == 0:
+                    opt.state[k][...] = values
+                else:
+                    self.t.send(values, r, TAG_PART)
+
+    def gather_parts(self) -> None:
+        """Rank 0's full model (and, when checkpointing, its optimizer) <- the owned positions of every
+        part (control)."""
+        if self.part is None:
+            raise RuntimeError(f"{self.paradigm.name}: a model-parallel role must attach its part")
+        opt, t, owned = self.part.opt, self.t, self.part.owned
+        names = opt.state_names if self.train.checkpoint else ()
+        vectors = [("params", opt.params), *((k, opt.state[k]) for k in names)]
+        with self.meter.comm("control"):
+            if self.rank != 0:
+                if owned.any():
+                    for _, v in vectors:
+                        t.send(np.ascontiguousarray(v[owned]), 0, TAG_PART)
+                return
+            full = {"params": self.model.params, **(self.opt.state if names else {})}
+            for r, (idx, mask) in enumerate(self.part_index):
+                if not mask.any():
+                    continue
+                for k, v in vectors:
+                    if r == 0:
+                        full[k][idx[mask]] = v[mask]
+                    else:
+                        got = np.empty(int(mask.sum()), dtype=v.dtype)
+                        t.recv(got, r, TAG_PART)
+                        full[k][idx[mask]] = got
+            if names:
+                self.opt.steps = opt.steps
 
     # -- each rank's own model and optimizer (Paradigm.per_rank_state) ------------------------------------
     def _own(self) -> list[tuple[str, np.ndarray]]:
@@ -346,6 +460,9 @@ class Run:
         if not self.rep:
             return None
         result = self.rep.finish(report, role.title, **role.result())
+        text = role.epilogue()
+        if text:
+            self.rep.say("\n" + text)
         line = summary_line(self.rep.log.records, self.epochs_run, self.unit, time.perf_counter() - self.started,
                             report)
         self.rep.say(line)

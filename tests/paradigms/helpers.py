@@ -27,7 +27,7 @@ def run_sim(module, n, argv):
         finally:
             if was_on is False:
                 flush_denormals(False)     # n = 1 runs on the test's own thread
-    return run_simulated(n, body, cfg)[0]
+    return run_simulated(n, body, cfg, network=cfg.train.network)[0]
 
 
 def run_centralized(argv):
