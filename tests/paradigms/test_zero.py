@@ -1,0 +1,149 @@
+"""mpisim.zero: every stage computes the centralized trainer's steps; each rank holds what the stage says."""
+import json
+
+import numpy as np
+import pytest
+
+from mpisim import allreduce as ar
+from mpisim import zero
+from mpisim.nn import MLP
+from mpisim.train import build_dataset, build_model, build_optimizer, load_checkpoint
+
+from .helpers import SMALL, assert_close, parse, run_centralized, run_sim
+
+# 40 training examples in batches of 12: 2 epochs of 4 steps, the last batch of 4 split unequally
+ADAM = ["--optimizer", "adam", "--lr", "0.01", "--epochs", "2", "--batch-size", "12"]
+MOMENTUM = ["--optimizer", "momentum", "--lr", "0.1", "--epochs", "2", "--batch-size", "12"]
+
+
+@pytest.fixture(scope="module")
+def centralized():
+    return {"adam": run_centralized([*SMALL, *ADAM]).params, "momentum": run_centralized([*SMALL, *MOMENTUM]).params}
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_every_stage_equals_the_centralized_trainer_in_float64(stage, n, centralized):
+    """Unequal blocks on 3 ranks (layers of 54 and 70 parameters), Adam and SGD with momentum."""
+    for name, opt in (("adam", ADAM), ("momentum", MOMENTUM)):
+        got = run_sim(zero, n, [*SMALL, *opt, "--stage", stage])
+        assert got["steps"] == 8 and got["stage"] == stage
+        assert_close(got["model"].params, centralized[name])
+        assert got["comm_agrees"] and got["memory_agrees"]
+        # stages 2 and 3 never write a full gradient vector: the model's own stays as it was built
+        assert got["model"].grads.any() == (stage <= 1)
+
+
+def test_shards_are_array_split_blocks_of_every_linear_layer_covering_the_vector_once():
+    model = MLP([64, 30, 20, 10])
+    N = 3
+    seen = np.zeros(model.num_params, dtype=int)
+    for r in range(N):
+        shards, sizes = zero.plan_shards(model, N, r)
+        want = []
+        for s in shards:
+            block = np.array_split(np.arange(s.lo, s.lo + s.n), N)[r]
+            want.append(block)
+            assert [len(b) for b in np.array_split(np.arange(s.n), N)] == np.diff(s.offs).tolist()
+        index = np.concatenate(want)
+        assert sizes[r] == index.size
+        seen[index] += 1
+    assert (seen == 1).all()
+    assert [s.n for s in shards] == [64 * 30 + 30, 30 * 20 + 20, 20 * 10 + 10]
+
+
+def _allreduce_optimizer_bytes(argv):
+    """The bytes of mpisim.allreduce's optimizer state (the full moments on every rank)."""
+    tr = parse(ar, [*argv, "--sim", 4]).train
+    opt = build_optimizer(tr, build_model(tr, build_dataset(tr)))
+    return sum(v.nbytes for v in opt.state.values())
+
+
+def test_measured_memory_per_rank_is_the_stage_formula_and_shrinks_by_n():
+    argv = [*SMALL, *ADAM, "--epochs", "1", "--hidden", "7,5"]        # 3 layers: 63, 40, 60 parameters
+    N, b, K = 4, 8, 2
+    runs = {s: run_sim(zero, N, [*argv, "--stage", s]) for s in (0, 1, 2, 3)}
+    P = runs[0]["model"].num_params
+    L = 3
+    shards = runs[1]["shards"]
+    assert sum(shards) == P and len(set(shards)) > 1                   # unequal shards
+    full_opt = _allreduce_optimizer_bytes(argv)
+    assert full_opt == K * P * b
+    for r, s in enumerate(shards):
+        m = {stage: runs[stage]["memory"][r] for stage in runs}
+        assert m[0] == {"params": P * b, "grads": P * b, "optimizer": K * P * b, "copy": 0, "transient": 0}
+        # stage 1: the optimizer state is the shard's moments
+        assert m[1]["optimizer"] == K * s * b
+        assert m[1]["optimizer"] / full_opt <= 1 / N + L / P            # one element of rounding per layer
+        assert (m[1]["params"], m[1]["grads"]) == (P * b, P * b)
+        # stage 2: the gradients too
+        assert m[2]["grads"] == s * b and m[2]["optimizer"] == K * s * b and m[2]["params"] == P * b
+        assert m[2]["grads"] / m[1]["grads"] <= 1 / N + L / P
+        # stage 3: the parameters too
+        assert (m[3]["params"], m[3]["grads"], m[3]["optimizer"], m[3]["copy"]) == (s * b, s * b, K * s * b, 0)
+        assert m[3]["params"] / m[2]["params"] <= 1 / N + L / P
+        largest = 63
+        assert m[3]["transient"] == (2 * largest + 16) * b               # two layer scratches, one padded block
+    for s in runs.values():
+        assert s["memory_agrees"] and s["memory"] == s["memory_formula"]
+
+
+@pytest.mark.parametrize("stage, gathers", [(1, 1), (3, 2)])
+def test_ring_bytes_by_hand(stage, gathers, tmp_path):
+    """Ring: a reduce_scatter of n_l sends (N-1)·n_l elements, an allgather of N padded blocks (N-1)·N·m_l:
+    stage 3 gathers twice per layer (1.5 times the bytes of stage 1)."""
+    metrics = tmp_path / "m.jsonl"
+    N, b = 3, 8
+    got = run_sim(zero, N, [*SMALL, *ADAM, "--stage", stage, "--algorithm", "ring", "--metrics", metrics])
+    model = got["model"]
+    ns = [int(np.prod(shape)) + model.layers[li].d_out for li, name, _, shape in model.slices if name == "W"]
+    per_step = (N - 1) * b * (sum(ns) + gathers * N * sum(-(-n // N) for n in ns))
+    total = sum(json.loads(line)["payload_bytes"] for line in metrics.read_text().splitlines())
+    assert total == 8 * per_step
+    assert got["comm_agrees"] and "S·(N-1)·b·(P + " in got["comm_table"]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_stopped_and_resumed_equals_uninterrupted(stage, tmp_path):
+    argv = [*SMALL, "--epochs", "3", "--batch-size", "8", "--optimizer", "adam", "--lr", "0.01", "--stage", stage]
+    a = run_sim(zero, 3, [*argv, "--checkpoint", tmp_path / "a"])["model"]
+    run_sim(zero, 3, [*argv, "--checkpoint", tmp_path / "b", "--stop-after", "1"])
+    assert load_checkpoint(tmp_path / "b")[1]["epoch"] == 1
+    b = run_sim(zero, 3, [*argv, "--checkpoint", tmp_path / "b", "--resume"])["model"]
+    np.testing.assert_array_equal(a.params, b.params)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stage", "4"], "argument --stage: invalid choice: 4"),
+    (["--batchnorm"], "--batchnorm is not supported by zero"),
+    (["--algorithm", "tree"], "argument --algorithm: invalid choice"),
+])
+def test_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        zero.main(["--sim", "2", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_a_failing_rank_ends_the_job_naming_it(stage, capsys):
+    assert zero.main([*SMALL, "--sim", "3", "--epochs", "1", "--batch-size", "12", "--stage", str(stage),
+                      "--inject-fault", "1:2:raise"]) == 1
+    assert "rank 1 of 3 failed: fault injected" in capsys.readouterr().err
+
+
+def test_nan_names_rank_and_step(capsys):
+    assert zero.main([*SMALL, "--sim", "3", "--epochs", "1", "--batch-size", "12", "--stage", "3",
+                      "--inject-fault", "2:3:nan"]) == 1
+    err = capsys.readouterr().err
+    assert "rank 2 of 3" in err and "loss became nan at epoch 1, step 3" in err
+
+
+def test_defaults_reach_90_percent_on_digits(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    assert zero.main(["--sim", "4", "--quiet", "--metrics", str(metrics)]) == 0
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    assert last["epoch"] == 10 and last["test_acc"] >= 0.9
+    o = parse(zero, ["--sim", "2"]).opts
+    assert o.stage == 1 and o.algorithm == "auto"
