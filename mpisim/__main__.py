@@ -2,8 +2,10 @@
 import sys
 
 # the paradigms, in the order they are listed; each module declares PARADIGM (mpisim.train.runtime).
-# Adding a paradigm is its module, its tests, its section in docs/paradigms.md and one name here.
-PARADIGMS = ("centralized", "allreduce", "paramserver", "fedavg", "localsgd", "easgd", "gossip")
+# Adding a paradigm is its module, its tests, its section in docs/paradigms.md (data parallel) or
+# docs/parallelism.md (model parallel) and one name here.
+PARADIGMS = ("centralized", "allreduce", "paramserver", "fedavg", "localsgd", "easgd", "gossip", "pipeline", "tensor",
+             "zero", "hybrid")
 
 TOOLS = [
     ("mpisim.bench", "allreduce algorithms next to MPI's own Allreduce (OSU-style table)",
@@ -27,7 +29,10 @@ def paradigm_tools() -> list[tuple[str, str, str]]:
         par = importlib.import_module(f"mpisim.{name}").PARADIGM
         cmd = (f"mpiexec -n 2 {par.prog}   (or: {par.prog} --sim {par.default_ranks})" if par.cluster
                else par.prog)
-        out.append((f"mpisim.{name}", par.description[0].lower() + par.description[1:].rstrip("."), cmd))
+        what = par.description.rstrip(".")
+        if what.split()[0][1:].islower():           # "Data-parallel ..." reads "data-parallel ..."; "ZeRO" stays
+            what = what[0].lower() + what[1:]
+        out.append((f"mpisim.{name}", what, cmd))
     return out
 
 

@@ -243,6 +243,29 @@ def micro_batches(n: int, M: int) -> int:
     return min(M, n)
 
 
+def equal_stage_bubble(kind: str, p: int, m: int, *, steps: int = 3, rows: int = 3) -> tuple[list[int], int]:
+    """Run ``steps`` batches of ``m`` micro-batches of ``rows`` examples through ``p`` stages of equal cost
+    (1 kFLOP forward, 2 backward per example) on simulated ranks whose messages are free; returns each
+    stage's busy virtual time and the pipeline's span (ticks): the schedule's bubble, measured."""
+    from .comm import SimCluster
+    from .nn import MLP
+    from .train.distributed import Meter
+    model = MLP([4, *[4] * (p - 1), 3], dtype=np.float64, seed=0)
+    batch = m * rows
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((batch, 4)), rng.integers(0, 3, size=batch)
+
+    def body(t):
+        eng = Engine(t, Stage(model, t.rank, t.rank + 1, flops=(1000, 2000)), kind, Meter(t))
+        start = t.clock
+        for _ in range(steps):
+            eng.step(x if t.rank == 0 else None, y, m, 1.0 / batch)
+        return eng.busy_v, start, t.clock
+
+    out = SimCluster(p, network="alpha=0s,beta=0s,gamma=0s,compute=1GFLOP/s").run(body)
+    return [o[0] for o in out], max(o[2] for o in out) - min(o[1] for o in out)
+
+
 # -- the schedule picture ---------------------------------------------------------------------------------
 def plot_schedule(events: list[list[tuple]], path: str, *, title: str, unit: str) -> None:
     """Ranks x time: forward (blue), backward (green) with the micro-batch number, idle left white."""

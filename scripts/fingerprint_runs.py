@@ -66,10 +66,21 @@ CONFIGS = {
     "mpi2-fedavg-secagg-dp": (2, "fedavg", ["--rounds", "3", "--secure-agg", "--dp-clip", "1",
                                             "--dp-noise", "0.5"], False),
     "mpi3-fedavg-iid": (3, "fedavg", ["--rounds", "2"], False),
+    "localsgd-sim4": (None, "localsgd", ["--sim", "4", "--epochs", "2", "--sync-every", "3"], False),
+    "easgd-sync-sim3": (None, "easgd", ["--sim", "3", "--epochs", "2"], False),
+    "gossip-ring-sim4": (None, "gossip", ["--sim", "4", "--epochs", "2"], False),
+    "pipeline-gpipe-dropout-sim4": (None, "pipeline", ["--sim", "4", "--epochs", "2", "--schedule", "gpipe",
+                                                      "--micro-batches", "5", "--dropout", "0.1"], False),
+    "tensor-sim3": (None, "tensor", ["--sim", "3", "--epochs", "2", "--dropout", "0.1"], False),
+    "zero-stage3-sim3": (None, "zero", ["--sim", "3", "--epochs", "2", "--stage", "3"], False),
+    "hybrid-2x2x2-sim8": (None, "hybrid", ["--sim", "8", "--epochs", "1", "--dp", "2", "--pp", "2", "--tp", "2"],
+                          False),
+    "mpi2-pipeline": (2, "pipeline", ["--epochs", "1"], False),
 }
 # resumed runs: stop after the first epoch/round, then --resume to the end
 RESUMED = {"allreduce-resume-sim2": ("allreduce", ["--sim", "2", "--epochs", "3", "--optimizer", "adamw"]),
-           "fedavg-resume-sim3": ("fedavg", ["--sim", "3", "--rounds", "3"])}
+           "fedavg-resume-sim3": ("fedavg", ["--sim", "3", "--rounds", "3"]),
+           "pipeline-resume-sim3": ("pipeline", ["--sim", "3", "--epochs", "3"])}
 
 
 def _run(repo: str, cmd: list[str]) -> None:
@@ -98,16 +109,20 @@ def collect(repo: str, only: list[str] | None) -> dict:
     todo = [(k, v) for k, v in {**CONFIGS, **RESUMED}.items() if not only or any(o in k for o in only)]
     for i, (name, spec) in enumerate(todo, 1):
         t0 = time.perf_counter()
+        module = spec[0] if name in RESUMED else spec[1]
+        if not os.path.exists(os.path.join(repo, "mpisim", f"{module}.py")):    # an older checkout
+            print(f"[{i}/{len(todo)}] {name}: skipped, no mpisim.{module} in {repo}", file=sys.stderr, flush=True)
+            continue
         with tempfile.TemporaryDirectory() as d:
             files = ["--metrics", os.path.join(d, "m.jsonl"), "--checkpoint", os.path.join(d, "ck")]
             if name in RESUMED:
-                module, opts = spec
+                _, opts = spec
                 base = [sys.executable, "-m", f"mpisim.{module}", *COMMON, *opts, *files]
                 _run(repo, base + ["--stop-after", "1"])
                 _run(repo, base + ["--resume"])
                 racy = False
             else:
-                ranks, module, opts, racy = spec
+                ranks, _, opts, racy = spec
                 launch = [mpiexec, "-n", str(ranks)] if ranks else []
                 _run(repo, [*launch, sys.executable, "-m", f"mpisim.{module}", *COMMON, *opts, *files])
             out[name] = _fingerprint(repo, d, racy)

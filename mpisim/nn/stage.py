@@ -77,9 +77,11 @@ class Slot:
 
 class Stage:
     """Blocks ``[first, last)`` of ``model``, with flat ``params``/``grads`` of their own (``params[j]`` is
-    ``model.params[lo + j]``). The model is only read: its values are copied, its layers copied."""
+    ``model.params[lo + j]``). The model is only read: its values are copied, its layers copied.
+    ``flops=(f, b)`` declares f forward and b backward FLOPs per example instead of the layers' own (to model
+    stages of equal cost)."""
 
-    def __init__(self, model: MLP, first: int, last: int) -> None:
+    def __init__(self, model: MLP, first: int, last: int, *, flops: tuple[int, int] | None = None) -> None:
         blocks = blocks_of(model)
         if not 0 <= first < last <= len(blocks):
             raise ValueError(f"a stage needs blocks in [0, {len(blocks)}), got [{first}, {last})")
@@ -95,7 +97,7 @@ class Stage:
         self.grads = np.zeros_like(self.params)     # the batch's gradient: the micro-batches' sum
         self.mgrads = np.zeros_like(self.params)    # one micro-batch's gradient (every slot writes here)
         self.d_in, self.d_out = model.sizes[first], model.sizes[last]
-        self.flops = block_flops(model)[first:last]
+        self.flops = [flops] if flops else block_flops(model)[first:last]
         self._template = [copy.deepcopy(layer) for layer in model.layers[self.layer_lo:self.layer_hi]]
         self.dropout_rngs = {li: None for li in range(self.layer_lo, self.layer_hi)
                              if isinstance(model.layers[li], Dropout)}

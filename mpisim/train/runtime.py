@@ -70,7 +70,8 @@ class Payload:
 class Part:
     """What one rank of a model-parallel paradigm trains (see ``Paradigm.parts``): ``index``, positions in the
     full flat parameter vector, and ``opt``, the optimizer over this rank's own copy of the parameters at
-    those positions (``opt.params[j]`` is ``model.params[index[j]]``; its moments lie the same way).
+    those positions (``opt.params[j]`` is ``model.params[index[j]]``; its moments lie the same way), or a list
+    of optimizers whose vectors, one after the other, lie at those positions.
     ``owned`` (True, False, or a mask over ``index``) marks the positions this rank answers for: every
     parameter is owned by exactly one rank; the others hold replicas (data-parallel copies, replicated
     biases), which are restored on a resume but never gathered."""
@@ -230,6 +231,7 @@ class Run:
                                  data=data_fingerprint(self.ds))
         self.state = share_resume(t, tr, self.model, self.opt, self.config, opt_state=not paradigm.parts)
         self.part: Part | None = None
+        self.part_opts: list = []                                   # the part's optimizer(s)
         self.part_index: list[tuple[np.ndarray, np.ndarray]] = []   # rank 0: every rank's (index, owned mask)
         self.meter = Meter(t)
         if paradigm.per_rank_state and tr.resume:
@@ -331,11 +333,14 @@ class Run:
         seed, or, on a resume, received from rank 0), its optimizer state from rank 0's checkpoint on a
         resume; rank 0 learns where every part lies (control)."""
         t, idx = self.t, np.ascontiguousarray(part.index, dtype=np.int64)
-        if idx.ndim != 1 or idx.shape != part.opt.params.shape:
-            raise ValueError(f"a part's index has {idx.size} positions but its optimizer {part.opt.params.size}")
+        opts = list(part.opt) if isinstance(part.opt, (list, tuple)) else [part.opt]
+        n = sum(o.params.size for o in opts)
+        if idx.ndim != 1 or idx.size != n:
+            raise ValueError(f"a part's index has {idx.size} positions but its optimizer {n}")
         owned = np.ascontiguousarray(np.broadcast_to(np.asarray(part.owned, dtype=bool), idx.shape))
-        self.part = Part(idx, part.opt, owned)
-        part.opt.params[...] = self.model.params[idx]
+        self.part, self.part_opts = Part(idx, part.opt, owned), opts
+        for o, piece in zip(opts, self._pieces(idx)):
+            o.params[...] = self.model.params[piece]
         with self.meter.comm("control"):
             if self.rank != 0:
                 t.send(np.array([idx.size], dtype=np.int64), 0, TAG_PART)
@@ -354,6 +359,16 @@ class Run:
             if self.train.resume:
                 self._scatter_part_state()
 
+    def _pieces(self, a: np.ndarray) -> list[np.ndarray]:
+        """``a`` (laid out as the part's index) cut into the pieces of the part's optimizers."""
+        offs = np.cumsum([0, *(o.params.size for o in self.part_opts)])
+        return [a[lo:hi] for lo, hi in zip(offs[:-1], offs[1:])]
+
+    def _joined(self, name: str) -> np.ndarray:
+        """The part's optimizers' ``params`` or moment ``name``, one after the other."""
+        vs = [o.params if name == "params" else o.state[name] for o in self.part_opts]
+        return vs[0] if len(vs) == 1 else np.concatenate(vs)
+
     def _check_cover(self) -> None:
         """The owned positions must cover the model's parameters once each (a paradigm's bug otherwise)."""
         count = np.zeros(self.model.params.size, dtype=np.int64)
@@ -366,47 +381,46 @@ class Run:
     def _scatter_part_state(self) -> None:
         """On a resume: each part's optimizer moments from rank 0's checkpoint (the step count came with
         the broadcast head)."""
-        opt = self.part.opt
-        opt.steps = self.state.opt_steps
-        if self.rank != 0:
-            for k in opt.state_names:
-                self.t.recv(opt.state[k], 0, TAG_PART)
-            return
-        for r, (idx, _) in enumerate(self.part_index):
-            for k in opt.state_names:
-                values = np.ascontiguousarray(self.opt.state[k][idx])
-                if r == 0:
-                    opt.state[k][...] = values
-                else:
-                    self.t.send(values, r, TAG_PART)
+        opts, idx = self.part_opts, self.part.index
+        for o in opts:
+            o.steps = self.state.opt_steps
+        for k in opts[0].state_names:
+            if self.rank != 0:
+                values = np.empty(idx.size, dtype=self.model.dtype)
+                self.t.recv(values, 0, TAG_PART)
+            else:
+                for r, (other, _) in enumerate(self.part_index[1:], start=1):
+                    self.t.send(np.ascontiguousarray(self.opt.state[k][other]), r, TAG_PART)
+                values = self.opt.state[k][idx]
+            for o, piece in zip(opts, self._pieces(values)):
+                o.state[k][...] = piece
 
     def gather_parts(self) -> None:
         """Rank 0's full model (and, when checkpointing, its optimizer) <- the owned positions of every
         part (control)."""
         if self.part is None:
             raise RuntimeError(f"{self.paradigm.name}: a model-parallel role must attach its part")
-        opt, t, owned = self.part.opt, self.t, self.part.owned
-        names = opt.state_names if self.train.checkpoint else ()
-        vectors = [("params", opt.params), *((k, opt.state[k]) for k in names)]
+        t, owned = self.t, self.part.owned
+        names = ["params", *(self.part_opts[0].state_names if self.train.checkpoint else ())]
         with self.meter.comm("control"):
             if self.rank != 0:
                 if owned.any():
-                    for _, v in vectors:
-                        t.send(np.ascontiguousarray(v[owned]), 0, TAG_PART)
+                    for k in names:
+                        t.send(np.ascontiguousarray(self._joined(k)[owned]), 0, TAG_PART)
                 return
-            full = {"params": self.model.params, **(self.opt.state if names else {})}
+            full = {"params": self.model.params, **(self.opt.state if len(names) > 1 else {})}
             for r, (idx, mask) in enumerate(self.part_index):
                 if not mask.any():
                     continue
-                for k, v in vectors:
+                for k in names:
                     if r == 0:
-                        full[k][idx[mask]] = v[mask]
+                        got = self._joined(k)[mask]
                     else:
-                        got = np.empty(int(mask.sum()), dtype=v.dtype)
+                        got = np.empty(int(mask.sum()), dtype=self.model.dtype)
                         t.recv(got, r, TAG_PART)
-                        full[k][idx[mask]] = got
-            if names:
-                self.opt.steps = opt.steps
+                    full[k][idx[mask]] = got
+            if len(names) > 1:
+                self.opt.steps = self.part_opts[0].steps
 
     # -- each rank's own model and optimizer (Paradigm.per_rank_state) ------------------------------------
     def _own(self) -> list[tuple[str, np.ndarray]]:

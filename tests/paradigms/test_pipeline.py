@@ -5,11 +5,8 @@ import numpy as np
 import pytest
 
 from mpisim import pipeline as pp
-from mpisim.comm import SimCluster
-from mpisim.nn import MLP
-from mpisim.nn.stage import Stage, balance
+from mpisim.nn.stage import balance
 from mpisim.train.checkpoint import load_checkpoint
-from mpisim.train.distributed import Meter
 
 from .helpers import assert_close, run_centralized, run_sim
 
@@ -72,43 +69,13 @@ def test_balance_is_the_best_contiguous_cut():
         assert worst(counts) == best
 
 
-class UniformStage(Stage):
-    """A stage whose forward and backward cost the same FLOPs per example as every other stage's."""
-
-    def forward_flops(self, rows):
-        return 1000 * rows
-
-    def backward_flops(self, rows):
-        return 2000 * rows
-
-
-def _engine_bubble(kind, p, m, steps=3):
-    """Run ``steps`` batches through a p-stage Engine of uniform stages; each stage's busy time and the span."""
-    batch = 3 * m                                      # micro-batches of equal size
-    model = MLP([8, *[6] * (p - 1), 4], dtype=np.float64, seed=3)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((batch, 8)), rng.integers(0, 4, size=batch)
-
-    def body(t):
-        eng = pp.Engine(t, UniformStage(model, t.rank, t.rank + 1), kind, Meter(t))
-        start = t.clock
-        for _ in range(steps):
-            eng.step(x if t.rank == 0 else None, y, m, 1.0 / batch)
-        return eng.busy_v, start, t.clock, eng.peak_slots
-
-    out = SimCluster(p, network=FREE).run(body)
-    span = max(o[2] for o in out) - min(o[1] for o in out)
-    return [o[0] for o in out], span, [o[3] for o in out]
-
-
 @pytest.mark.parametrize("kind", pp.SCHEDULES)
 def test_with_equal_stages_the_virtual_bubble_is_exactly_the_formula(kind):
     for p, m in [(2, 1), (2, 4), (3, 5), (4, 8), (5, 3), (6, 2), (8, 8)]:
-        busy, span, peaks = _engine_bubble(kind, p, m)
+        busy, span = pp.equal_stage_bubble(kind, p, m)
         for s in range(p):
             # integer ticks: busy/span = m/(m+p-1) exactly, so the bubble is (p-1)/(m+p-1)
             assert busy[s] * (m + p - 1) == span * m, (kind, p, m, s)
-            assert peaks[s] == pp.in_flight_formula(kind, p, m, s)
 
 
 def test_the_report_measures_bubble_and_memory_next_to_the_formulas():

@@ -55,6 +55,27 @@ def test_localsgd_and_easgd_under_mpi(argv, tmp_path):
     assert len(records) == 2 and records[-1]["test_acc"] > 0.2     # learned beyond chance (0.1)
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("n, module, argv", [
+    (2, "pipeline", ["--hidden", "32,16", "--schedule", "gpipe", "--micro-batches", "3"]),
+    (2, "tensor", ["--hidden", "32,16,8", "--dropout", "0.1", "--algorithm", "ring"]),
+    (2, "zero", ["--hidden", "32", "--stage", "3", "--algorithm", "ring"]),
+    (4, "hybrid", ["--hidden", "32,16", "--dp", "2", "--pp", "2", "--algorithm", "ring"]),
+])
+def test_model_parallel_paradigms_under_mpi_match_the_simulated_run(n, module, argv, tmp_path):
+    """The same model under mpiexec as with --sim (the groups of ranks are MPI's Comm_split there)."""
+    argv = [*argv, "--epochs", "1"]
+    res = run_mpi(n, "-m", f"mpisim.{module}", *argv, "--checkpoint", str(tmp_path / "mpi"), timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "(MPI)" in res.stdout and "DIFFERS" not in res.stdout and "matches the formula" in res.stdout
+    import importlib
+    from mpisim.train import load_checkpoint
+    main = importlib.import_module(f"mpisim.{module}").main
+    assert main([*argv, "--quiet", "--sim", str(n), "--checkpoint", str(tmp_path / "sim")]) == 0
+    a, b = load_checkpoint(tmp_path / "mpi")[0]["params"], load_checkpoint(tmp_path / "sim")[0]["params"]
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.timeout(120)
 def test_sim_under_mpiexec_is_a_usage_error_said_once():
     res = run_mpi(2, "-m", "mpisim.localsgd", "--sim", "2", "--quiet", timeout=60)
@@ -70,7 +91,8 @@ def test_paramserver_on_one_rank_is_a_clear_error():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("module", ["mpisim.allreduce", "mpisim.paramserver"])
+@pytest.mark.parametrize("module", ["mpisim.allreduce", "mpisim.paramserver", "mpisim.pipeline", "mpisim.tensor",
+                                    "mpisim.zero"])
 def test_an_exception_on_a_rank_ends_the_job_naming_it(module):
     res = run_mpi(2, "-m", module, *SMALL, "--inject-fault", "1:3:raise", timeout=60)
     assert res.returncode != 0
