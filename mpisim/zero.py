@@ -6,13 +6,14 @@ global batch of B examples, with weight 1/B per example, so N ranks take the cen
 (the tests check it in float64). What changes is who keeps what. Every Linear layer's flat range (W, then
 b) is cut into N blocks as ``numpy.array_split`` cuts it (the block layout of mpisim's reduce_scatter);
 rank r owns block r of every layer, its *shard*: Psi_r parameters, about Psi/N. Its optimizer runs over
-the shard only.
+the shard only, one optimizer per layer over that layer's block: in stages 1 and 2 the parameters it
+updates are the block of the full replica itself (a view), so nothing is held twice.
 
 * ``--stage 0``: plain data parallelism, for comparison: parameters, gradients and optimizer state all
   replicated; one allreduce of the gradient per step.
 * ``--stage 1`` (P_os): the optimizer state sharded. After backward each layer's gradient is
-  reduce-scattered (summed): rank r gets block r; it updates its shard; an allgather per layer brings
-  every rank the updated parameters.
+  reduce-scattered (summed): rank r gets block r, written back into its block of the full gradient; it
+  updates its shard; an allgather per layer brings every rank the updated parameters.
 * ``--stage 2`` (P_os+g): the gradients sharded too. Backward writes each layer's gradient into a scratch
   buffer the size of the largest layer and, as soon as the layer is done, reduce-scatters it into the
   rank's gradient shard: no rank ever holds a full gradient vector.
@@ -22,10 +23,8 @@ the shard only.
 
 Memory per rank, with Psi parameters of b bytes and K optimizer moments (Adam 2, SGD 1): stage 0
 (2 + K)·Psi·b; stage 1 2·Psi·b + K·Psi_r·b; stage 2 Psi·b + (1 + K)·Psi_r·b; stage 3 (2 + K)·Psi_r·b.
-The run measures the arrays each rank holds and prints them beside these formulas. Stages 1 and 2 also
-keep the shard's own parameters (and, stage 1, gradients) for the optimizer to update, Psi_r·b each, beside
-the full replicas (a shard is a piece of every layer, not one range of the flat vector); the table lists
-them apart.
+The run measures the arrays each rank holds and prints them beside these formulas. With Adam on 2 ranks
+stage 1 holds 0.75 of stage 0's bytes, stage 2 0.625, stage 3 0.5.
 
 ``--algorithm`` picks the collectives: auto (each collective's own choice by size, as MPICH) or ring.
 The allgather takes equal blocks, so each rank's block of a layer is padded to ceil(n_l/N) for it
@@ -57,7 +56,8 @@ from .train.runtime import Paradigm, Part, Payload, Role, Run
 
 STAGES = (0, 1, 2, 3)
 ALGORITHMS = ("auto", "ring")
-KINDS = ("params", "grads", "optimizer", "copy", "transient")   # memory, by kind (see Zero.memory)
+HELD = ("params", "grads", "optimizer")                 # memory, by kind (see Zero.memory): the total
+KINDS = (*HELD, "transient")                            # and scratch buffers, apart
 
 
 @dataclass(frozen=True)
@@ -145,23 +145,22 @@ def pick(collective: str, algorithm: str, count: int, itemsize: int, N: int) -> 
 
 def memory_formula(stage: int, *, P: int, shard: int, K: int, b: int, largest: int, pad: int) -> dict[str, int]:
     """Bytes per kind a rank holds in ``stage`` (Rajbhandari et al. 2020, Fig. 1, with the exact shard
-    Psi_r = ``shard``): params, grads, optimizer moments; ``copy``: the shard of parameters (and, in stage 1,
-    gradients) the optimizer updates beside a full replica; ``transient``: scratch buffers."""
+    Psi_r = ``shard``): params, grads, optimizer moments; ``transient``: scratch buffers, apart."""
     full_p, full_g = stage <= 2, stage <= 1
     return {"params": (P if full_p else shard) * b,
             "grads": (P if full_g else shard) * b,
             "optimizer": K * (P if stage == 0 else shard) * b,
-            "copy": {1: 2 * shard, 2: shard}.get(stage, 0) * b,
             "transient": {0: 0, 1: pad, 2: largest + pad, 3: 2 * largest + pad}[stage] * b}
 
 
 # -- one rank's ZeRO, on any transport -----------------------------------------------------------------------
 class Zero:
     """One rank of ZeRO ``stage`` on transport ``t`` (the world, or later a group of it): the shards, the
-    optimizer over this rank's shard (``make_optimizer(params, grads)``), and one training step.
+    optimizers over this rank's shard (``make_optimizer(params, grads)``: in stages 1-3 one per layer, over
+    the layer's block), and one training step.
 
-    Payload collectives are counted under ``meter``'s "payload". ``index`` (positions in the flat vector)
-    and ``owned`` describe the rank's part for the runtime's checkpoints.
+    Payload collectives are counted under ``meter``'s "payload". ``index`` (positions in the flat vector),
+    ``opts`` and ``owned`` describe the rank's part for the runtime's checkpoints.
     """
 
     def __init__(self, t, model, *, stage: int, algorithm: str, meter: Meter,
@@ -181,21 +180,31 @@ class Zero:
         self.steps = 0
         held: dict[str, list[np.ndarray]] = {k: [] for k in KINDS}
         if stage == 0:                   # everything replicated: the optimizer over the model's own vectors
-            self.opt = make_optimizer(model.params, model.grads)
+            self.opts = [make_optimizer(model.params, model.grads)]
             self.owned = np.zeros(model.num_params, dtype=bool)
             self.owned[self.index] = True                      # own the shard positions, for checkpoints
             self.index = np.arange(model.num_params)
             held["params"], held["grads"] = [model.params], [model.grads]
         else:
-            self.shard_p, self.shard_g = np.zeros(s, dtype=dt), np.zeros(s, dtype=dt)   # (Psi_r,) each
-            self.opt = make_optimizer(self.shard_p, self.shard_g)
+            # this rank's block of each layer, (Psi_r,) in all: views of the full replica where the stage
+            # keeps one (params in stages 1-2, grads in stage 1), else of the shard vectors
+            mine = [slice(L.lo + L.offs[r], L.lo + L.offs[r + 1]) for L in self.shards]
+            at = [slice(L.at, L.at + L.offs[r + 1] - L.offs[r]) for L in self.shards]
+            if stage >= 2:
+                self.shard_g = np.zeros(s, dtype=dt)           # the gradient shard
+            if stage == 3:
+                self.shard_p = np.zeros(s, dtype=dt)           # the parameter shard
+            p = [model.params[k] for k in mine] if stage <= 2 else [self.shard_p[k] for k in at]
+            g = [model.grads[k] for k in mine] if stage == 1 else [self.shard_g[k] for k in at]
+            self.block_p = {L.layer: v for L, v in zip(self.shards, p)}
+            self.block_g = {L.layer: v for L, v in zip(self.shards, g)}
+            self.opts = [make_optimizer(pv, gv) for pv, gv in zip(p, g)]   # their vectors lie as index
             self.owned = True
             self.send = np.zeros(self.pad, dtype=dt)           # one block, padded for the allgather
             held["transient"].append(self.send)
             held["params"] = [model.params] if stage <= 2 else [self.shard_p]
             held["grads"] = [model.grads] if stage == 1 else [self.shard_g]
-            held["copy"] = {1: [self.shard_p, self.shard_g], 2: [self.shard_p]}.get(stage, [])
-        held["optimizer"] = list(self.opt.state.values())
+        held["optimizer"] = [v for o in self.opts for v in o.state.values()]
         if stage >= 2:                   # every Linear writes its gradient into one scratch: the largest layer
             self.gscratch = np.zeros(self.largest, dtype=dt)
             held["transient"].append(self.gscratch)
@@ -216,18 +225,19 @@ class Zero:
     def formula(self) -> list[dict[str, int]]:
         """:func:`memory_formula` for every rank of the group."""
         m = self.model
-        return [memory_formula(self.stage, P=m.num_params, shard=s, K=len(self.opt.state_names),
+        return [memory_formula(self.stage, P=m.num_params, shard=s, K=len(self.opts[0].state_names),
                                b=m.params.itemsize, largest=self.largest, pad=self.pad) for s in self.sizes]
 
     # -- the collectives ------------------------------------------------------------------------------------
     def _reduce(self, L: LayerShard, g: np.ndarray) -> None:
-        """Block r of the sum of every rank's layer gradient ``g`` (n,) -> this rank's gradient shard."""
+        """Block r of the sum of every rank's layer gradient ``g`` (n,) -> this rank's block of the gradient
+        (in stage 1 a view of ``g`` itself: the collective reads a copy of it)."""
         if not np.isfinite(g).all():
             raise FloatingPointError(f"non-finite gradient in layer {L.layer} {self.where}: lower --lr")
         t0 = time.perf_counter()
         with self.meter.comm("payload"):
             mine = reduce_scatter(self.t, g, algorithm=self.alg, check=False)
-        self.shard_g[L.at:L.at + mine.size] = mine
+        self.block_g[L.layer][...] = mine
         self.comm_s += time.perf_counter() - t0
 
     def _gather(self, L: LayerShard, dest: np.ndarray) -> None:
@@ -235,7 +245,7 @@ class Zero:
         t, off = self.t, L.offs
         c = off[t.rank + 1] - off[t.rank]
         send = self.send[:off[1]]                               # (ceil(n/N),): the block and 0 or 1 pad
-        send[:c] = self.shard_p[L.at:L.at + c]
+        send[:c] = self.block_p[L.layer]
         send[c:] = 0
         t0 = time.perf_counter()
         with self.meter.comm("payload"):
@@ -248,7 +258,9 @@ class Zero:
     def step(self, xb: np.ndarray, yb: np.ndarray, *, scale: float, lr: float, where: str) -> tuple[float, int]:
         """Forward, backward, the collectives of the stage and the optimizer on this rank's share ``xb``
         (examples weighted ``scale``); returns the local (mean loss, correct)."""
-        self.opt.lr, self.where = lr, where
+        for o in self.opts:
+            o.lr = lr
+        self.where = where
         self.comm_s = 0.0
         t0 = time.perf_counter()
         with np.errstate(all="ignore"):                         # a diverging run is caught by the checks
@@ -260,7 +272,8 @@ class Zero:
                     self._bind(self.own_views)
             else:
                 loss, correct = self._replica_pass(xb, yb, scale, where)
-        self.opt.step()
+        for o in self.opts:
+            o.step()
         if 1 <= self.stage <= 2:                                # every rank <- the updated shards
             for L in self.shards:
                 self._gather(L, self.model.params[L.lo:L.lo + L.n])
@@ -384,7 +397,7 @@ class ZeroRank(Role):
         o, tr, N, model = run.opts, run.train, run.size, run.model
         self.zero = Zero(run.t, model, stage=o.stage, algorithm=o.algorithm, meter=run.meter,
                          make_optimizer=run.optimizer)
-        run.attach(Part(self.zero.index, self.zero.opt, self.zero.owned))
+        run.attach(Part(self.zero.index, self.zero.opts, self.zero.owned))
         self.xbuf = np.empty((-(-min(tr.batch_size, run.ds.num_train) // N), run.ds.num_features), dtype=model.dtype)
         self.measured = self._gather_memory()
         self.title = f"ZeRO stage {o.stage}, {N} ranks, {run.ds.name}, {model.describe()}"
@@ -422,7 +435,7 @@ class ZeroRank(Role):
                              where=f"at epoch {epoch + 1}, step {i + 1}")
             sums += (loss * len(mine), c, len(mine))
         tot = run.totals(sums)                          # the epoch's loss, accuracy and ledger, over all ranks
-        return run.figures(tot, z.opt.lr) if r == 0 else None
+        return run.figures(tot, z.opts[0].lr) if r == 0 else None
 
     def payload(self) -> Payload:
         """S steps of the stage's collectives: the measured traffic next to the closed form; rank 0 also
@@ -448,29 +461,28 @@ class ZeroRank(Role):
     def memory_table(self) -> str:
         z, model = self.zero, self.run.model
         want = z.formula()
-        P, b, K = model.num_params, model.params.itemsize, len(z.opt.state_names)
+        P, b, K = model.num_params, model.params.itemsize, len(z.opts[0].state_names)
         base = (2 + K) * P * b                                  # stage 0's (and mpisim.allreduce's) total
-        head = (f"{'rank':>4} {'shard Ψ_r':>10} {'params':>12} {'grads':>12} {'optimizer':>12} {'opt copy':>12} "
+        head = (f"{'rank':>4} {'shard Ψ_r':>10} {'params':>12} {'grads':>12} {'optimizer':>12} "
                 f"{'total':>12} {'vs stage 0':>10} {'transient':>12}  formula")
         lines = [f"memory per rank, stage {z.stage} (measured: bytes of the arrays each rank trains with, by kind):",
                  head, "-" * len(head)]
         for q, (got, f) in enumerate(zip(self.measured, want)):
-            total = sum(got[k] for k in KINDS[:4])
-            lines.append(f"{q:>4} {z.sizes[q]:>10,} " + " ".join(f"{got[k]:>12,}" for k in KINDS[:4])
+            total = sum(got[k] for k in HELD)
+            lines.append(f"{q:>4} {z.sizes[q]:>10,} " + " ".join(f"{got[k]:>12,}" for k in HELD)
                          + f" {total:>12,} {total / base:>10.3f} {got['transient']:>12,}  "
                          + ("agrees" if got == f else f"DIFFERS: {f}"))
-        form = {0: "Ψb + Ψb + KΨb", 1: "Ψb + Ψb + KΨ_r·b (+ opt copy 2Ψ_r·b)",
-                2: "Ψb + Ψ_r·b + KΨ_r·b (+ opt copy Ψ_r·b)", 3: "Ψ_r·b + Ψ_r·b + KΨ_r·b"}[z.stage]
+        form = {0: "Ψb + Ψb + KΨb", 1: "Ψb + Ψb + KΨ_r·b", 2: "Ψb + Ψ_r·b + KΨ_r·b",
+                3: "Ψ_r·b + Ψ_r·b + KΨ_r·b"}[z.stage]
         scratch = {0: "none", 1: "one padded block (⌈n_l/N⌉·b) to send to the allgather",
                    2: "one layer's gradient (the largest layer) and the allgather's padded block",
                    3: "one layer's parameters and one layer's gradient (the largest layer each), the allgather's "
                       "padded block"}[z.stage]
         lines += [f"formula (Rajbhandari et al. 2020): params + grads + optimizer = {form}, with Ψ = {P:,} "
                   f"parameters, b = {b} bytes, K = {K} optimizer moment{'s' if K > 1 else ''}, Ψ_r = rank r's shard",
-                  ("opt copy: none, the optimizer updates the arrays above" if z.stage in (0, 3) else
-                   "opt copy: the shard's parameters" + (" and gradients" if z.stage == 1 else "")
-                   + " that the optimizer updates, beside the full replica")
-                  + "; vs stage 0: total / (2+K)·Ψ·b, stage 0's and mpisim.allreduce's",
+                  "vs stage 0: total / (2+K)·Ψ·b, stage 0's and mpisim.allreduce's; the optimizers update the "
+                  "arrays above in place" + (" (the shard's parameters are its blocks of the full replica)"
+                                             if z.stage in (1, 2) else ""),
                   f"transient (not in the total): {scratch}",
                   "not counted: the runtime's model that every rank builds from the seed (rank 0 keeps it full, to "
                   "evaluate), activations, data, the collectives' own temporaries"]

@@ -1,12 +1,13 @@
 """mpisim.zero: every stage computes the centralized trainer's steps; each rank holds what the stage says."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from mpisim import allreduce as ar
 from mpisim import zero
-from mpisim.nn import MLP
+from mpisim.nn import MLP, make_optimizer
 from mpisim.train import build_dataset, build_model, build_optimizer, load_checkpoint
 
 from .helpers import SMALL, assert_close, parse, run_centralized, run_sim
@@ -71,21 +72,62 @@ def test_measured_memory_per_rank_is_the_stage_formula_and_shrinks_by_n():
     assert full_opt == K * P * b
     for r, s in enumerate(shards):
         m = {stage: runs[stage]["memory"][r] for stage in runs}
-        assert m[0] == {"params": P * b, "grads": P * b, "optimizer": K * P * b, "copy": 0, "transient": 0}
+        assert m[0] == {"params": P * b, "grads": P * b, "optimizer": K * P * b, "transient": 0}
         # stage 1: the optimizer state is the shard's moments
         assert m[1]["optimizer"] == K * s * b
         assert m[1]["optimizer"] / full_opt <= 1 / N + L / P            # one element of rounding per layer
         assert (m[1]["params"], m[1]["grads"]) == (P * b, P * b)
+        assert m[1]["transient"] == 16 * b                               # the allgather's padded block
         # stage 2: the gradients too
         assert m[2]["grads"] == s * b and m[2]["optimizer"] == K * s * b and m[2]["params"] == P * b
         assert m[2]["grads"] / m[1]["grads"] <= 1 / N + L / P
+        assert m[2]["transient"] == (63 + 16) * b                        # one layer scratch, one padded block
         # stage 3: the parameters too
-        assert (m[3]["params"], m[3]["grads"], m[3]["optimizer"], m[3]["copy"]) == (s * b, s * b, K * s * b, 0)
+        assert (m[3]["params"], m[3]["grads"], m[3]["optimizer"]) == (s * b, s * b, K * s * b)
         assert m[3]["params"] / m[2]["params"] <= 1 / N + L / P
         largest = 63
         assert m[3]["transient"] == (2 * largest + 16) * b               # two layer scratches, one padded block
     for s in runs.values():
         assert s["memory_agrees"] and s["memory"] == s["memory_formula"]
+        assert set(s["memory"][0]) == set(zero.KINDS)
+
+
+def test_on_two_ranks_with_adam_stages_1_to_3_hold_three_quarters_five_eighths_and_half_of_stage_0():
+    """No copy beside the replicas: 2Ψ + 2Ψ/2 = 3/4 of 4Ψ, Ψ + 3Ψ/2 = 5/8, 4Ψ/2 = 1/2, exact because every
+    layer's range splits evenly (54 and 70 parameters)."""
+    argv = [*SMALL, *ADAM, "--epochs", "1"]
+    runs = {s: run_sim(zero, 2, [*argv, "--stage", s]) for s in (0, 1, 2, 3)}
+    assert runs[1]["shards"][0] == runs[1]["shards"][1]
+    total = {s: [sum(m[k] for k in zero.HELD) for m in got["memory"]] for s, got in runs.items()}
+    for s, share in ((1, 0.75), (2, 0.625), (3, 0.5)):
+        assert total[s] == [share * t for t in total[0]]
+        assert runs[s]["memory_agrees"]
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_the_optimizers_update_views_one_per_layer(stage):
+    """Stages 1 and 2: each layer's optimizer works on the rank's block of the full parameters (and, stage 1,
+    of the full gradient); stage 2's gradients and stage 3's parameters are the shard vectors."""
+    model, N = MLP([8, 6, 3], dtype="float64"), 3
+    for r in range(N):
+        z = zero.Zero(SimpleNamespace(size=N, rank=r), model, stage=stage, algorithm="auto", meter=None,
+                      make_optimizer=lambda p, g: make_optimizer("adam", p, g, lr=0.01))
+        assert len(z.opts) == len(z.shards) == 2
+        index = np.concatenate([np.arange(o.params.size) for o in z.opts])
+        assert index.size == z.index.size == z.sizes[r]
+        at = 0
+        for L, o in zip(z.shards, z.opts):
+            lo, hi = L.lo + L.offs[r], L.lo + L.offs[r + 1]
+            np.testing.assert_array_equal(z.index[at:at + o.params.size], np.arange(lo, hi))
+            if stage <= 2:
+                assert np.shares_memory(o.params, model.params) and o.params.base is model.params
+            else:
+                assert o.params.base is z.shard_p
+            assert (o.grads.base is model.grads) if stage == 1 else (o.grads.base is z.shard_g)
+            assert o.params.size == o.grads.size == hi - lo
+            at += o.params.size
+        held = [a for arrays in z.held.values() for a in arrays]
+        assert len({id(a) for a in held}) == len(held)
 
 
 @pytest.mark.parametrize("stage, gathers", [(1, 1), (3, 2)])
