@@ -314,7 +314,7 @@ def _stage_size(model, a: int, b: int) -> int:
 PARADIGM = Paradigm(name="hybrid", doc=__doc__, setup=GridRank, options=Options, add_args=add_args, check=check,
                     check_world=check_world, parts=True, default_ranks=4,
                     no_batchnorm="a pipeline stage would normalize each micro-batch by its own statistics",
-                    defaults={"hidden": (128, 128, 64), "lr_schedule_flag": "--lr-schedule"},
+                    defaults={"hidden": (64,) * 7, "lr_schedule_flag": "--lr-schedule"},   # 8 Linear layers
                     description="Data, pipeline and tensor parallelism on a D x P x T grid of ranks.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

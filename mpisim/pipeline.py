@@ -278,7 +278,7 @@ def plot_schedule(events: list[list[tuple]], path: str, *, title: str, unit: str
     from .train.checkpoint import atomic_write_bytes
     t0 = min(e[2] for ev in events for e in ev)
     scale, label = (1e-15 * 1e3, "virtual ms") if unit == "virtual" else (1e3, "wall ms")
-    fig, ax = plt.subplots(figsize=(11, 0.6 * len(events) + 1.5))
+    fig, ax = plt.subplots(figsize=(11, 0.6 * len(events) + 1.9))
     for s, ev in enumerate(events):
         for op, j, a, b in ev:
             x0, w = (a - t0) * scale, (b - a) * scale
@@ -291,7 +291,7 @@ def plot_schedule(events: list[list[tuple]], path: str, *, title: str, unit: str
     from matplotlib.patches import Patch
     ax.legend(handles=[Patch(color="#4c72b0", label="forward"), Patch(color="#55a868", label="backward"),
                        Patch(facecolor="white", edgecolor="grey", label="idle (bubble)")],
-              loc="upper right", fontsize=8)
+              loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -491,7 +491,7 @@ def _gather_rows(t, flat: np.ndarray, counts, width: int):
 PARADIGM = Paradigm(name="pipeline", doc=__doc__, setup=PipelineStage, options=Options, add_args=add_args,
                     check=check, check_world=check_world, parts=True,
                     no_batchnorm="each micro-batch would be normalized by its own statistics, not the batch's",
-                    defaults={"hidden": (128, 128, 64), "lr_schedule_flag": "--lr-schedule"},
+                    defaults={"hidden": (64,) * 7, "lr_schedule_flag": "--lr-schedule"},   # 8 Linear layers
                     description="Pipeline parallelism: the MLP's layers in stages, micro-batches, GPipe or 1F1B.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

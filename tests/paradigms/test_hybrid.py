@@ -65,9 +65,9 @@ def test_a_failing_rank_ends_the_job_naming_it(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--sim", "6", "--dp", "2", "--pp", "2"], "--dp 2 x --pp 2 x --tp 1 = 4 ranks, but there are 6"),
     (["--sim", "6", "--pp", "4"], "6 ranks is not a multiple of --pp 4 x --tp 1 = 4"),
-    (["--sim", "4", "--pp", "5"], "--pp 5 stages but the model has only 4 Linear layers"),
+    (["--sim", "9", "--pp", "9"], "--pp 9 stages but the model has only 8 Linear layers"),
     (["--sim", "8", "--pp", "2", "--tp", "4", "--hidden", "64,3,64"], "stage 1: tensor parallelism splits Linear 1"),
-    (["--sim", "4", "--stages", "3,2"], "--stages 3,2 must list 2 stages (--pp) summing to the model's 4"),
+    (["--sim", "4", "--stages", "3,2"], "--stages 3,2 must list 2 stages (--pp) summing to the model's 8"),
     (["--sim", "4", "--micro-batches", "0"], "--micro-batches"),
     (["--sim", "4", "--batchnorm"], "--batchnorm is not supported by hybrid"),
 ])

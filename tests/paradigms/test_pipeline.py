@@ -126,10 +126,11 @@ def test_a_failing_stage_ends_the_job_naming_it(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--sim", "5"], "5 pipeline stages but the model has only 4 Linear layers"),
+    (["--sim", "9"], "9 pipeline stages but the model has only 8 Linear layers"),
+    (["--sim", "3", "--hidden", "5"], "3 pipeline stages but the model has only 2 Linear layers"),
     (["--sim", "2", "--micro-batches", "0"], "--micro-batches"),
-    (["--sim", "2", "--stages", "2,1"], "--stages 2,1 sums to 3, but the model has 4 Linear layers"),
-    (["--sim", "2", "--stages", "2,1,1"], "--stages lists 3 stages but there are 2 ranks"),
+    (["--sim", "2", "--stages", "2,1"], "--stages 2,1 sums to 3, but the model has 8 Linear layers"),
+    (["--sim", "2", "--stages", "2,5,1"], "--stages lists 3 stages but there are 2 ranks"),
     (["--sim", "2", "--stages", "2,x"], "--stages"),
     (["--sim", "2", "--batchnorm"], "--batchnorm is not supported by pipeline"),
     (["--sim", "2", "--schedule", "cosine"], "--lr-schedule"),
