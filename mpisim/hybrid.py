@@ -80,8 +80,8 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     if o.stages and (len(o.stages) != o.pp or sum(o.stages) != n):
         p.error(f"--stages {','.join(map(str, o.stages))} must list {o.pp} stages (--pp) summing to the model's {n} "
                 f"Linear layers")
-    if o.tp > 1 and train.device != "cpu":
-        p.error("--device cuda is not supported with --tp > 1: the tensor slices compute with NumPy on the host")
+    if train.device != "cpu":
+        p.error("--device cuda is not supported by hybrid: its stages compute with NumPy on the host")
 
 
 def grid(o: Options, N: int) -> tuple[int, int, int]:
@@ -131,7 +131,10 @@ class _TensorSlot:
 class TensorStage:
     """Blocks [a, b) of the model, tensor-parallel over ``tt`` (:class:`mpisim.tensor.TensorParallelMLP`),
     with the interface the pipeline :class:`~mpisim.pipeline.Engine` drives a :class:`~mpisim.nn.stage.Stage`
-    by. Its FLOPs are charged by the core (its share of each matmul), so the engine charges none."""
+    by. Its FLOPs are charged by the core (its share of each matmul), so the engine charges none, and the
+    core counts its own computation time (``meters_itself``)."""
+
+    meters_itself = True
 
     def __init__(self, tt, model, a: int, b: int, *, algorithm: str, meter) -> None:
         self.core = TensorParallelMLP(tt, model, layers=(a, b), algorithm=algorithm, meter=meter)
@@ -214,11 +217,12 @@ class GridRank(Role):
         self.batches: list[int] = []          # every global batch's size, for the closed forms
         self.title = (f"hybrid D={D} x P={P} x T={T} ({o.pipeline_schedule}, M={o.micro_batches}), {run.ds.name}, "
                       f"{run.model.describe()}")
-        run.say(f"hybrid: {run.size} ranks ({run.where()}) as D = {D} replicas x P = {P} stages x T = {T} tensor "
-                f"ranks; {run.ds.describe()}")
+        run.say(f"hybrid: {run.size} ranks ({run.where()}) as D = {D} replica{'s' if D > 1 else ''} x P = {P} "
+                f"stage{'s' if P > 1 else ''} x T = {T} tensor rank{'s' if T > 1 else ''}; {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
                 f"(~{tr.batch_size / D:g} per replica in {o.micro_batches} micro-batches), schedule "
-                f"{o.pipeline_schedule}, {tr.epochs} epochs; allreduce {o.algorithm}" + run.resuming())
+                f"{o.pipeline_schedule}, {tr.epochs} epoch{'s' if tr.epochs != 1 else ''}; allreduce {o.algorithm}"
+                + run.resuming())
         for s, (a, b) in enumerate(self.ranges):
             flops = sum(f + bw for f, bw in block_flops(run.model)[a:b])
             run.say(f"  stage {s}: blocks {a}..{b - 1}, {flops:,} FLOPs per example"
@@ -312,7 +316,8 @@ def _stage_size(model, a: int, b: int) -> int:
 
 
 PARADIGM = Paradigm(name="hybrid", doc=__doc__, setup=GridRank, options=Options, add_args=add_args, check=check,
-                    check_world=check_world, parts=True, default_ranks=4,
+                    check_world=check_world, parts=True,
+                    default_ranks=lambda o: (o.dp or 2) * o.pp * o.tp,      # without --sim: the grid asked for
                     no_batchnorm="a pipeline stage would normalize each micro-batch by its own statistics",
                     defaults={"hidden": (64,) * 7, "lr_schedule_flag": "--lr-schedule"},   # 8 Linear layers
                     description="Data, pipeline and tensor parallelism on a D x P x T grid of ranks.")

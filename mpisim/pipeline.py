@@ -24,11 +24,12 @@ formulas. ``--schedule-plot FILE.png`` draws the run's first step as it happened
     python -m mpisim.pipeline --sim 4                                    # 4 stages, 1F1B, M = 4
     python -m mpisim.pipeline --sim 4 --schedule gpipe --micro-batches 8 \\
         --network alpha=0s,beta=0s,gamma=0s,compute=1GFLOP/s --schedule-plot results/gpipe.png
-    mpiexec -n 2 python -m mpisim.pipeline --stages 3,1
+    mpiexec -n 2 python -m mpisim.pipeline --stages 5,3
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from dataclasses import dataclass
@@ -98,7 +99,13 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     if o.stages and sum(o.stages) != n:
         p.error(f"--stages {','.join(map(str, o.stages))} sums to {sum(o.stages)}, but the model has {n} "
                 f"Linear layers (--hidden {','.join(map(str, train.hidden)) or 'none'})")
+    if train.device != "cpu":
+        p.error("--device cuda is not supported by the pipeline: its stages compute with NumPy on the host")
     if o.schedule_plot:
+        if importlib.util.find_spec("matplotlib") is None:
+            p.error("--schedule-plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+        if not o.schedule_plot.lower().endswith(".png"):
+            p.error(f"--schedule-plot writes a PNG: give a file name ending in .png, not {o.schedule_plot}")
         prepare_output_file(p, "--schedule-plot", o.schedule_plot)
 
 
@@ -174,7 +181,8 @@ class Engine:
         self.t.compute(flops)
         dt = time.perf_counter() - t0
         self.busy_w += dt
-        self.meter.compute += dt
+        if not getattr(self.stage, "meters_itself", False):     # a tensor-parallel stage counts its own
+            self.meter.compute += dt
         if self.virtual:
             self.busy_v += self.t.clock - v0
         if self.events is not None:
@@ -186,8 +194,10 @@ class Engine:
         stage only. Gradients (weight ``scale`` per example) are summed into ``stage.grads``; returns the
         last stage's [loss sum, correct, seen] (zeros elsewhere). ``on_input(x)`` sees the step's first input."""
         st, t, s, p = self.stage, self.t, self.s, self.p
-        offs = _offsets(len(y), m)
         st.zero_grad()
+        if m == 0:                                  # no examples (a data-parallel replica's empty share)
+            return np.zeros(3, dtype=np.float64)
+        offs = _offsets(len(y), m)
         slots: dict[int, Slot] = {}
         sums = np.zeros(3, dtype=np.float64)
         for op, j in schedule(self.kind, p, m, s):
@@ -320,7 +330,8 @@ class PipelineStage(Role):
         self.title = f"pipeline ({o.pipeline_schedule}, M={o.micro_batches}), {p} stages, {run.ds.name}, {run.model.describe()}"
         run.say(f"pipeline: {p} stage{'s' if p > 1 else ''} ({run.where()}), {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, batch {tr.batch_size} in "
-                f"{o.micro_batches} micro-batches, schedule {o.pipeline_schedule}, {tr.epochs} epochs" + run.resuming())
+                f"{o.micro_batches} micro-batches, schedule {o.pipeline_schedule}, {tr.epochs} epoch"
+                f"{'s' if tr.epochs != 1 else ''}" + run.resuming())
         flops = [sum(f + b for f, b in block_flops(run.model)[a:b]) for a, b in self.ranges]
         for k, (a, b) in enumerate(self.ranges):
             run.say(f"  stage {k}: blocks {a}..{b - 1}, {flops[k]:,} FLOPs per example (forward and backward)")
@@ -400,10 +411,12 @@ class PipelineStage(Role):
             return ""
         tot = np.sum(self.measured, axis=0)               # over the epochs of this run
         peaks = np.max(self.measured, axis=0)
-        M = o.micro_batches
+        M = min(o.micro_batches, self.run.train.batch_size)       # a batch of B examples has at most B
         f = bubble_formula(p, M)
         virtual = self.engine.virtual
-        lines = [f"pipeline bubble and memory ({o.pipeline_schedule}, p = {p}, M = {M}); bubble formula (p-1)/(M+p-1) = "
+        asked = f" ({o.micro_batches} asked; a batch of {M} examples has {M})" if M < o.micro_batches else ""
+        lines = [f"pipeline bubble and memory ({o.pipeline_schedule}, p = {p}, M = {M}{asked}); bubble formula "
+                 f"(p-1)/(M+p-1) = "
                  f"{f:.4f}; stored activations: " + ("GPipe keeps M micro-batches" if o.pipeline_schedule == "gpipe"
                                                     else "1F1B keeps min(M, p-s)") + " of a_s bytes each",
                  f"{'stage':>5} {'bubble virtual':>14} {'bubble wall':>11} {'formula':>8}  {'in flight':>9} "
@@ -419,7 +432,8 @@ class PipelineStage(Role):
                          f"{f:>8.4f}  {int(peaks[s, 4]):>9} {k:>7}  "
                          f"{int(peaks[s, 5]):>14,} B  {k * int(peaks[s, 6]):>10,} B")
         if not virtual:
-            lines.append("bubble virtual: needs --network ...,compute=RATE (computation then takes virtual time)")
+            lines.append("bubble virtual: needs --sim N with --network ...,compute=RATE (computation then takes "
+                         "virtual time)")
         elif worst == 0:
             lines.append("the virtual bubble equals the formula on every stage")
         else:
@@ -442,7 +456,7 @@ class PipelineStage(Role):
         if net.alpha or net.beta:
             why.append("messages take virtual time (alpha, beta), which the formula leaves out")
         B, n = run.train.batch_size, run.ds.num_train
-        if B % o.micro_batches or n % B:
+        if B % min(o.micro_batches, B) or n % B:
             why.append("the micro-batches are not all the same size (B not a multiple of M, or a smaller last batch)")
         if not why:
             why.append("the span also holds the gaps between batches and epochs")

@@ -196,7 +196,7 @@ def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) 
 
 # -- resuming ------------------------------------------------------------------------------------------
 def share_resume(t, args: TrainOptions, model: MLP, opt: Optimizer | None, config: dict, *,
-                 opt_state: bool = True) -> RunState:
+                 opt_state: bool = True, flags: dict[str, str] | None = None) -> RunState:
     """Rank 0 restores ``--checkpoint`` (if resuming) and broadcasts parameters, BatchNorm buffers,
     optimizer state and the epoch to every rank; other ranks get the history-free :class:`RunState`.
     ``opt_state=False``: rank 0 alone holds the optimizer (``opt`` is None elsewhere); only its step
@@ -204,7 +204,7 @@ def share_resume(t, args: TrainOptions, model: MLP, opt: Optimizer | None, confi
 
     A bad checkpoint raises on rank 0 only, which ends the job with a message naming rank 0.
     """
-    state = restore_state(args, model, opt, config) if t.rank == 0 else RunState()
+    state = restore_state(args, model, opt, config, flags) if t.rank == 0 else RunState()
     if not args.resume:
         return state
     steps = opt.steps if t.rank == 0 and opt is not None else 0

@@ -67,8 +67,10 @@ def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, epochs: int
                                         "model": model.config(), "optimizer": opt.name})
 
 
-def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict) -> RunState:
+def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
+                  flags: dict[str, str] | None = None) -> RunState:
     """With ``--resume``, load ``--checkpoint DIR`` into model and optimizer and check it is this run.
+    ``flags`` names the option of each config key (``{"schedule": "--lr-schedule"}``) for the messages.
 
     Without ``--resume``, refuse to overwrite a checkpoint that is already there (nothing is lost).
     """
@@ -85,14 +87,15 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict) 
         raise CheckpointError(f"{where}: the metadata has no valid epoch and run options (a file from another tool?)")
     saved = meta["config"]
     old_epochs = meta.get("epochs")
-    if config.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
+    if saved.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
         raise CheckpointError(f"{where} was a run of {old_epochs} epochs with the cosine learning-rate schedule, whose learning "
                               f"rate depends on the number of epochs: resume it with --epochs {old_epochs}")
     if saved.get("paradigm") != config.get("paradigm"):
         raise CheckpointError(f"{where} is a checkpoint of python -m mpisim.{saved.get('paradigm')}, not of "
                               f"mpisim.{config.get('paradigm')}: resume it with that tool, or choose another "
                               f"--checkpoint directory")
-    diffs = [f"{_SET_BY.get(k, '--' + k.replace('_', '-'))}: checkpoint has {saved.get(k)!r}, this run has "
+    flags = flags or {}
+    diffs = [f"{_SET_BY.get(k) or flags.get(k) or '--' + k.replace('_', '-')}: checkpoint has {saved.get(k)!r}, this run has "
              f"{config.get(k)!r}" for k in sorted(set(saved) | set(config)) if saved.get(k) != config.get(k)]
     if diffs:
         raise CheckpointError(f"{where} is from a different run; resume with the same options:\n  "

@@ -140,7 +140,7 @@ class Paradigm:
     add_args: Callable[[argparse.ArgumentParser], None] | None = None
     check: Callable[[argparse.ArgumentParser, TrainOptions, Any], Any] | None = None
     check_world: Callable[[TrainOptions, Any, int], str | None] | None = None
-    default_ranks: int = 4                      # without mpiexec and --sim
+    default_ranks: Any = 4                      # without mpiexec and --sim (or a function of the options)
     per_rank_state: bool = False                # ranks hold models and optimizers of their own: each
     #                                             rank's are checkpointed, so a resume is exact
     no_batchnorm: str | None = None             # why --batchnorm is refused, if it is
@@ -154,6 +154,16 @@ class Paradigm:
     @property
     def prog(self) -> str:
         return f"python -m mpisim.{self.name}"
+
+    def flags(self) -> dict[str, str]:
+        """The command-line flag of each option, by its name in the options (for messages)."""
+        return {a.dest: a.option_strings[-1] for a in self.build_parser()._actions if a.option_strings}
+
+    def ranks_by_default(self, opts=None) -> int:
+        """The simulated ranks a run without mpiexec and --sim gets."""
+        if callable(self.default_ranks):
+            return self.default_ranks(self.options() if opts is None else opts)
+        return self.default_ranks
 
     def build_parser(self) -> argparse.ArgumentParser:
         p = Parser(prog=self.prog, description=self.description, epilog=self.doc.rsplit("\n\n", 1)[1],
@@ -190,7 +200,7 @@ class Paradigm:
 
     def main(self, argv=None) -> int:
         cfg = self.parse(argv)
-        train = default_to_sim(cfg.train, self.default_ranks, self.prog) if self.cluster else cfg.train
+        train = default_to_sim(cfg.train, self.ranks_by_default(cfg.opts), self.prog) if self.cluster else cfg.train
         return launch(self.prog, train, self.run_rank, Config(train, cfg.opts), local=not self.cluster)
 
     def run_rank(self, t, cfg: Config) -> dict | None:
@@ -229,7 +239,8 @@ class Run:
         ranks = {"ranks": t.size} if paradigm.cluster else {}
         self.config = run_config(tr, self.opts, exclude=LAUNCH_OPTIONS, **ranks, paradigm=paradigm.name,
                                  data=data_fingerprint(self.ds))
-        self.state = share_resume(t, tr, self.model, self.opt, self.config, opt_state=not paradigm.parts)
+        self.state = share_resume(t, tr, self.model, self.opt, self.config, opt_state=not paradigm.parts,
+                                  flags=paradigm.flags())
         self.part: Part | None = None
         self.part_opts: list = []                                   # the part's optimizer(s)
         self.part_index: list[tuple[np.ndarray, np.ndarray]] = []   # rank 0: every rank's (index, owned mask)

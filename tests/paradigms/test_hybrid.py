@@ -29,6 +29,20 @@ def test_the_grid_computes_what_the_centralized_trainer_computes(D, P, T, schedu
     assert got["comm_agrees"] and got["grid"] == (D, P, T)
 
 
+def test_a_replica_with_no_examples_still_joins_the_gradient_sum():
+    """Batches of 2 on 3 replicas: replica 2 gets nothing, every step, and the grid still takes the step."""
+    argv = [*BASE[:-1], "2", *MOMENTUM]
+    got = run_sim(hybrid, 6, [*argv, "--dp", "3", "--pp", "2"])
+    assert_close(got["model"].params, run_centralized(argv).params)
+    assert got["comm_agrees"]
+
+
+def test_without_sim_the_grid_asked_for_sets_the_rank_count():
+    par = hybrid.PARADIGM
+    assert par.ranks_by_default(par.parse(["--dp", "3", "--pp", "2", "--tp", "2"]).opts) == 12
+    assert par.ranks_by_default(par.parse([]).opts) == 4
+
+
 def test_the_groups_are_the_grid_s_rows_columns_and_pillars():
     """Rank (d*P + s)*T + k: its pipe group holds the P stages of (d, k), its data group the D replicas of
     (s, k), its tensor group the T ranks of (d, s); each ordered by the other coordinate."""

@@ -102,6 +102,22 @@ def test_report_text_says_why_the_bubble_differs(capsys):
     assert "the stages' FLOPs differ" in out
 
 
+def test_the_report_uses_the_micro_batches_a_batch_allows(capsys):
+    pp.main([*BASE[:-3], "--epochs", "1", "--sim", "2", "--batch-size", "2", "--micro-batches", "8",
+             "--network", FREE])
+    out = capsys.readouterr().out
+    assert "M = 2 (8 asked; a batch of 2 examples has 2)" in out and "(p-1)/(M+p-1) = 0.3333" in out
+
+
+def test_a_resume_with_other_options_names_their_flags(tmp_path, capsys):
+    argv = [*BASE, *ADAM, "--batch-size", "12", "--checkpoint", str(tmp_path / "ck")]
+    assert pp.main([*argv, "--sim", "2", "--stop-after", "1"]) == 0
+    assert pp.main([*argv, "--sim", "2", "--resume", "--schedule", "gpipe", "--lr-schedule", "step"]) == 1
+    err = capsys.readouterr().err
+    assert "--schedule: checkpoint has '1f1b', this run has 'gpipe'" in err
+    assert "--lr-schedule: checkpoint has 'constant', this run has 'step'" in err
+
+
 def test_schedule_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "sched" / "gpipe.png"
@@ -134,6 +150,7 @@ def test_a_failing_stage_ends_the_job_naming_it(capsys):
     (["--sim", "2", "--stages", "2,x"], "--stages"),
     (["--sim", "2", "--batchnorm"], "--batchnorm is not supported by pipeline"),
     (["--sim", "2", "--schedule", "cosine"], "--lr-schedule"),
+    (["--sim", "2", "--schedule-plot", "sched.svg"], "--schedule-plot writes a PNG"),
 ])
 def test_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
