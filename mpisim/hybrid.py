@@ -33,7 +33,8 @@ from .comm.costs import allreduce_traffic
 from .data import dataset_shape, epoch_permutation
 from .nn.loss import SoftmaxCrossEntropy
 from .nn.stage import Stage, block_flops
-from .pipeline import Engine, _offsets, _schedule, _stage_list, cut, layer_count, micro_batches
+from .pipeline import (Engine, _offsets, _schedule, _stage_list, check_plot, cut, draw_first_step, layer_count,
+                       micro_batches)
 from .tensor import TensorParallelMLP, split_problem
 from .train import gather_batch
 from .train.distributed import Formula
@@ -50,6 +51,7 @@ class Options:
     pipeline_schedule: str = "1f1b"
     stages: tuple = ()             # blocks per stage; () = balanced by FLOPs
     algorithm: str = "auto"        # the allreduce of the data and tensor groups
+    schedule_plot: str | None = None
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -70,6 +72,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "by FLOPs)")
     g.add_argument("--algorithm", choices=ALLREDUCE_ALGORITHMS, default="auto",
                    help="the allreduce of the data and tensor groups (default auto)")
+    g.add_argument("--schedule-plot", metavar="FILE.png", default=None,
+                   help="draw the first step as it ran: every rank x time, forward, backward, the replicas' "
+                        "gradient allreduce, idle")
 
 
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
@@ -82,6 +87,7 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
                 f"Linear layers")
     if train.device != "cpu":
         p.error("--device cuda is not supported by hybrid: its stages compute with NumPy on the host")
+    check_plot(p, o.schedule_plot)
 
 
 def grid(o: Options, N: int) -> tuple[int, int, int]:
@@ -215,6 +221,7 @@ class GridRank(Role):
         B = min(tr.batch_size, run.ds.num_train)
         self.xbuf = np.empty((-(-B // D), run.ds.num_features), dtype=run.model.dtype)
         self.batches: list[int] = []          # every global batch's size, for the closed forms
+        self.events: list | None = None       # the first step's, for --schedule-plot
         self.title = (f"hybrid D={D} x P={P} x T={T} ({o.pipeline_schedule}, M={o.micro_batches}), {run.ds.name}, "
                       f"{run.model.describe()}")
         run.say(f"hybrid: {run.size} ranks ({run.where()}) as D = {D} replica{'s' if D > 1 else ''} x P = {P} "
@@ -240,19 +247,38 @@ class GridRank(Role):
             self.opt.lr = run.lr_at(epoch + i / run.steps)
             xb = gather_batch(run.x_train, mine, self.xbuf) if st.is_first else None
             step = len(self.batches) + 1
-            got = self.engine.step(xb, run.ds.y_train[mine], micro_batches(len(mine), M), 1.0 / len(batch),
-                                   lambda x: run.maybe_fail(step, x))
+            eng = self.engine
+            eng.events = [] if step == 1 and run.opts.schedule_plot else None
+            got = eng.step(xb, run.ds.y_train[mine], micro_batches(len(mine), M), 1.0 / len(batch),
+                           lambda x: run.maybe_fail(step, x))
             if st.is_last:
                 run.check_finite(got[0] / max(got[2], 1), f"at epoch {epoch + 1}, step {i + 1} (rank {run.rank})")
+            c0 = eng._clock()
             with run.meter.comm("payload"):          # the piece's gradient, summed over the replicas
                 allreduce(self.data, st.grads, algorithm=run.opts.algorithm, out=st.grads, check=False)
+            if eng.events is not None:
+                eng.events.append(("R", -1, c0, eng._clock()))
+                self.events, eng.events = eng.events, None
             with run.meter.computing():
                 self.opt.step()
             if self.k == 0:                          # tensor ranks of the last stage all computed the loss
                 sums += got
             self.batches.append(len(batch))
+        if self.events is not None:
+            self.plot()
         tot = run.totals(sums)
         return run.figures(tot, self.opt.lr) if run.rank == 0 else None
+
+    def plot(self) -> None:
+        """The first step of every rank, drawn on rank 0."""
+        run, o = self.run, self.run.opts
+        unit = "virtual" if self.engine.virtual else "wall"
+        labels = [f"d{r // (self.P * self.T)} s{r // self.T % self.P}" + (f" k{r % self.T}" if self.T > 1 else "")
+                  for r in range(run.size)]
+        draw_first_step(run, self.events, o.schedule_plot, unit=unit, labels=labels,
+                        title=f"hybrid D={self.D} x P={self.P} x T={self.T}, {o.pipeline_schedule}, M = "
+                              f"{o.micro_batches}: first step ({unit} time)")
+        self.events = None
 
     # -- the closed forms --------------------------------------------------------------------------------------
     def _stage_traffic(self, s: int) -> tuple[int, int]:

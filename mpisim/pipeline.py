@@ -101,12 +101,7 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
                 f"Linear layers (--hidden {','.join(map(str, train.hidden)) or 'none'})")
     if train.device != "cpu":
         p.error("--device cuda is not supported by the pipeline: its stages compute with NumPy on the host")
-    if o.schedule_plot:
-        if importlib.util.find_spec("matplotlib") is None:
-            p.error("--schedule-plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
-        if not o.schedule_plot.lower().endswith(".png"):
-            p.error(f"--schedule-plot writes a PNG: give a file name ending in .png, not {o.schedule_plot}")
-        prepare_output_file(p, "--schedule-plot", o.schedule_plot)
+    check_plot(p, o.schedule_plot)
 
 
 def check_world(train, o: Options, N: int) -> str | None:
@@ -277,36 +272,69 @@ def equal_stage_bubble(kind: str, p: int, m: int, *, steps: int = 3, rows: int =
 
 
 # -- the schedule picture ---------------------------------------------------------------------------------
-def plot_schedule(events: list[list[tuple]], path: str, *, title: str, unit: str) -> None:
-    """Ranks x time: forward (blue), backward (green) with the micro-batch number, idle left white."""
+OPS = {"F": ("forward", "#4c72b0"), "B": ("backward", "#55a868"), "R": ("gradient allreduce", "#dd8452")}
+
+
+def plot_schedule(events: list[list[tuple]], path: str, *, title: str, unit: str,
+                  labels: list[str] | None = None) -> None:
+    """Ranks x time: forward (blue), backward (green) with the micro-batch number, the replicas' gradient
+    allreduce (orange, a hybrid grid's), idle left white. ``events[r]``: rank r's (op, j, start, end)."""
     import io
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     from .train.checkpoint import atomic_write_bytes
     t0 = min(e[2] for ev in events for e in ev)
     scale, label = (1e-15 * 1e3, "virtual ms") if unit == "virtual" else (1e3, "wall ms")
-    fig, ax = plt.subplots(figsize=(11, 0.6 * len(events) + 1.9))
-    for s, ev in enumerate(events):
+    height = 0.55 * len(events) + 1.9
+    fig, ax = plt.subplots(figsize=(11, height))
+    for r, ev in enumerate(events):
         for op, j, a, b in ev:
             x0, w = (a - t0) * scale, (b - a) * scale
-            ax.barh(s, w, left=x0, height=0.8, color="#4c72b0" if op == "F" else "#55a868", edgecolor="white")
-            ax.text(x0 + w / 2, s, str(j), ha="center", va="center", color="white", fontsize=7)
-    ax.set_yticks(range(len(events)), [f"stage {s}" for s in range(len(events))])
+            ax.barh(r, w, left=x0, height=0.8, color=OPS[op][1], edgecolor="white")
+            if op != "R":
+                ax.text(x0 + w / 2, r, str(j), ha="center", va="center", color="white", fontsize=7)
+    ax.set_yticks(range(len(events)), labels or [f"stage {s}" for s in range(len(events))])
     ax.invert_yaxis()
     ax.set_xlabel(label)
     ax.set_title(title)
-    from matplotlib.patches import Patch
-    ax.legend(handles=[Patch(color="#4c72b0", label="forward"), Patch(color="#55a868", label="backward"),
-                       Patch(facecolor="white", edgecolor="grey", label="idle (bubble)")],
-              loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout()
+    used = {e[0] for ev in events for e in ev}
+    fig.legend(handles=[Patch(color=c, label=name) for op, (name, c) in OPS.items() if op in used]
+               + [Patch(facecolor="white", edgecolor="grey", label="idle (bubble)")],
+               loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / height, 1, 1))          # 0.4 inch below the chart for the legend
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def draw_first_step(run, events: list[tuple], path: str, *, title: str, unit: str,
+                    labels: list[str] | None = None) -> None:
+    """Every rank's recorded ``events`` of a step gathered on rank 0 (control), drawn into ``path``."""
+    codes = list(OPS)
+    ev = np.array([(codes.index(op), j, a, b) for op, j, a, b in events], dtype=np.float64).reshape(-1, 4)
+    with run.meter.comm("control"):
+        counts = gather(run.t, np.array([len(ev)], dtype=np.int64), root=0)
+        allev = _gather_rows(run.t, ev.reshape(-1), counts, 4)
+    if run.rank == 0:
+        rows = [[(codes[int(r[0])], int(r[1]), r[2], r[3]) for r in mine] for mine in allev]
+        plot_schedule(rows, path, title=title, unit=unit, labels=labels)
+        run.say(f"schedule plot written to {path}")
+
+
+def check_plot(p: argparse.ArgumentParser, path: str | None) -> None:
+    """Usage errors for --schedule-plot: matplotlib missing, not a .png, not writable."""
+    if not path:
+        return
+    if importlib.util.find_spec("matplotlib") is None:
+        p.error("--schedule-plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+    if not path.lower().endswith(".png"):
+        p.error(f"--schedule-plot writes a PNG: give a file name ending in .png, not {path}")
+    prepare_output_file(p, "--schedule-plot", path)
 
 
 # -- one rank -----------------------------------------------------------------------------------------------
@@ -475,17 +503,10 @@ class PipelineStage(Role):
     def plot(self) -> None:
         """Draw the first step's schedule (every stage's events gathered on rank 0, control)."""
         run, o = self.run, self.run.opts
-        ev = np.array([(0 if op == "F" else 1, j, a, b) for op, j, a, b in self.events], dtype=np.float64)
+        unit = "virtual" if self.engine.virtual else "wall"
+        draw_first_step(run, self.events, o.schedule_plot, unit=unit,
+                        title=f"{o.pipeline_schedule}, p = {run.size}, M = {o.micro_batches}: first step ({unit} time)")
         self.events = None
-        with run.meter.comm("control"):
-            counts = gather(run.t, np.array([len(ev)], dtype=np.int64), root=0)
-            allev = _gather_rows(run.t, ev.reshape(-1), counts, 4)
-        if run.rank == 0:
-            events = [[("F" if r[0] == 0 else "B", int(r[1]), r[2], r[3]) for r in rows] for rows in allev]
-            unit = "virtual" if self.engine.virtual else "wall"
-            plot_schedule(events, o.schedule_plot, unit=unit,
-                          title=f"{o.pipeline_schedule}, p = {run.size}, M = {o.micro_batches}: first step ({unit} time)")
-            run.say(f"schedule plot written to {o.schedule_plot}")
 
 
 def _gather_rows(t, flat: np.ndarray, counts, width: int):

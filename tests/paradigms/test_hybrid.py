@@ -43,6 +43,14 @@ def test_without_sim_the_grid_asked_for_sets_the_rank_count():
     assert par.ranks_by_default(par.parse([]).opts) == 4
 
 
+def test_schedule_plot_of_the_grid_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "grid.png"
+    got = run_sim(hybrid, 8, [*BASE, *ADAM, "--dp", "2", "--pp", "2", "--tp", "2", "--network",
+                              "10gbe,compute=1GFLOP/s", "--schedule-plot", path])
+    assert got["comm_agrees"] and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_groups_are_the_grid_s_rows_columns_and_pillars():
     """Rank (d*P + s)*T + k: its pipe group holds the P stages of (d, k), its data group the D replicas of
     (s, k), its tensor group the T ranks of (d, s); each ordered by the other coordinate."""
