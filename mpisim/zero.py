@@ -16,15 +16,22 @@ updates are the block of the full replica itself (a view), so nothing is held tw
   updates its shard; an allgather per layer brings every rank the updated parameters.
 * ``--stage 2`` (P_os+g): the gradients sharded too. Backward writes each layer's gradient into a scratch
   buffer the size of the largest layer and, as soon as the layer is done, reduce-scatters it into the
-  rank's gradient shard: no rank ever holds a full gradient vector.
+  rank's gradient shard. The model's own full gradient vector, never written, is released once the rank
+  has taken its part (an empty vector stays in its place): no rank holds a full gradient vector.
 * ``--stage 3`` (P_os+g+p): the parameters sharded too. Before a layer's forward, and again before its
   backward, its parameters are allgathered into a scratch buffer the size of the largest layer, and
   dropped after: 1.5 times the bytes of stages 0-2 (two allgathers and one reduce_scatter per layer).
+  Once the runtime has copied each rank's shard out of the model it built from the seed (or received on
+  a resume), the ranks other than 0 release the model's full parameter vector; rank 0 keeps it, filled
+  from the shards after every epoch, to evaluate and checkpoint the model: an *evaluation copy*.
 
 Memory per rank, with Psi parameters of b bytes and K optimizer moments (Adam 2, SGD 1): stage 0
 (2 + K)·Psi·b; stage 1 2·Psi·b + K·Psi_r·b; stage 2 Psi·b + (1 + K)·Psi_r·b; stage 3 (2 + K)·Psi_r·b.
-The run measures the arrays each rank holds and prints them beside these formulas. With Adam on 2 ranks
-stage 1 holds 0.75 of stage 0's bytes, stage 2 0.625, stage 3 0.5.
+The run measures the arrays each rank holds, the model's own vectors included, and prints them beside
+these formulas. With Adam on 2 ranks stage 1 holds 0.75 of stage 0's bytes, stage 2 0.625, stage 3 0.5.
+Reported apart, not in these totals: the scratch buffers (transient) and, in stage 3, rank 0's evaluation
+copy (Psi·b). Not measured: activations, the data, the collectives' temporaries, the shard's positions
+(int64) and, with ``--checkpoint``, rank 0's full optimizer state, gathered there to be saved.
 
 ``--algorithm`` picks the collectives: auto (each collective's own choice by size, as MPICH) or ring.
 The allgather takes equal blocks, so each rank's block of a layer is padded to ceil(n_l/N) for it
@@ -56,8 +63,8 @@ from .train.runtime import Paradigm, Part, Payload, Role, Run
 
 STAGES = (0, 1, 2, 3)
 ALGORITHMS = ("auto", "ring")
-HELD = ("params", "grads", "optimizer")                 # memory, by kind (see Zero.memory): the total
-KINDS = (*HELD, "transient")                            # and scratch buffers, apart
+HELD = ("params", "grads", "optimizer")                 # memory, by kind (see Zero.memory): the total,
+KINDS = (*HELD, "transient", "eval copy")               # then apart: scratch buffers, rank 0's model to evaluate
 
 
 @dataclass(frozen=True)
@@ -143,14 +150,17 @@ def pick(collective: str, algorithm: str, count: int, itemsize: int, N: int) -> 
     return "recursive_doubling" if nbytes < limit else "ring"
 
 
-def memory_formula(stage: int, *, P: int, shard: int, K: int, b: int, largest: int, pad: int) -> dict[str, int]:
-    """Bytes per kind a rank holds in ``stage`` (Rajbhandari et al. 2020, Fig. 1, with the exact shard
-    Psi_r = ``shard``): params, grads, optimizer moments; ``transient``: scratch buffers, apart."""
+def memory_formula(stage: int, *, P: int, shard: int, K: int, b: int, largest: int, pad: int,
+                   rank: int) -> dict[str, int]:
+    """Bytes per kind rank ``rank`` holds in ``stage`` (Rajbhandari et al. 2020, Fig. 1, with the exact shard
+    Psi_r = ``shard``): params, grads, optimizer moments; apart, ``transient``: scratch buffers, and ``eval
+    copy``: the full parameters rank 0 keeps in stage 3 to evaluate the model."""
     full_p, full_g = stage <= 2, stage <= 1
     return {"params": (P if full_p else shard) * b,
             "grads": (P if full_g else shard) * b,
             "optimizer": K * (P if stage == 0 else shard) * b,
-            "transient": {0: 0, 1: pad, 2: largest + pad, 3: 2 * largest + pad}[stage] * b}
+            "transient": {0: 0, 1: pad, 2: largest + pad, 3: 2 * largest + pad}[stage] * b,
+            "eval copy": P * b if stage == 3 and rank == 0 else 0}
 
 
 # -- one rank's ZeRO, on any transport -----------------------------------------------------------------------
@@ -160,7 +170,9 @@ class Zero:
     the layer's block), and one training step.
 
     Payload collectives are counted under ``meter``'s "payload". ``index`` (positions in the flat vector),
-    ``opts`` and ``owned`` describe the rank's part for the runtime's checkpoints.
+    ``opts`` and ``owned`` describe the rank's part for the runtime's checkpoints. Once the runtime has
+    copied the shard's parameters out of the model, :meth:`release` drops the model's full vectors the
+    stage does not use.
     """
 
     def __init__(self, t, model, *, stage: int, algorithm: str, meter: Meter,
@@ -169,6 +181,7 @@ class Zero:
             raise ValueError(f"ZeRO stage must be one of {STAGES}, got {stage}")
         self.t, self.model, self.stage, self.alg, self.meter = t, model, stage, algorithm, meter
         N, r, dt = t.size, t.rank, model.dtype
+        self.P, self.b = model.num_params, model.params.itemsize   # kept: release() may empty model.params
         self.shards, self.sizes = plan_shards(model, N, r)
         self.by_layer = {s.layer: s for s in self.shards}
         self.largest = max(s.n for s in self.shards)            # elements of the largest layer
@@ -213,20 +226,43 @@ class Zero:
         if stage == 3:                   # and reads its parameters from another, gathered just before
             self.pscratch = np.zeros(self.largest, dtype=dt)
             held["transient"].append(self.pscratch)
-            self.own_views = {L.layer: dict(model.layers[L.layer].params) for L in self.shards}
+            self.own_views: dict | None = {L.layer: dict(model.layers[L.layer].params) for L in self.shards}
             self.gathered_views = {L.layer: L.views(self.pscratch) for L in self.shards}
         self.held = held
 
+    def release(self) -> None:
+        """Drop the model's full vectors this stage never uses, once the runtime has copied this rank's
+        shard out of them (:meth:`Run.attach <mpisim.train.runtime.Run.attach>`): in stages 2 and 3 the
+        gradient (the layers write theirs into the scratch), in stage 3 also the parameters on the ranks
+        other than 0 (their layers keep pointing at the gathered scratch; rank 0 keeps the full vector, filled
+        from the shards after each epoch, to evaluate the model). Each becomes an empty vector of the
+        model's dtype, so ``.size`` and ``.dtype`` still answer."""
+        m = self.model
+        if self.stage < 2:
+            return
+        if not m.ops.on_host:
+            raise ValueError(f"ZeRO stage {self.stage} binds the layers to host scratch buffers: use device cpu")
+        m.grads = np.zeros(0, dtype=m.dtype)
+        if self.stage == 3 and self.t.rank != 0:
+            self._bind(self.gathered_views)                     # for good: no view of the full vector is left
+            self.own_views = None
+            m.params = np.zeros(0, dtype=m.dtype)
+        m._dev = (m.params, m.grads, m.buffers)                  # on the host, the model's own vectors
+
     # -- what the rank holds --------------------------------------------------------------------------------
     def memory(self) -> dict[str, int]:
-        """Measured: the bytes of the arrays this rank holds for training, by kind (see memory_formula)."""
-        return {k: int(sum(a.nbytes for a in v)) for k, v in self.held.items()}
+        """Measured: the bytes of the arrays this rank holds for training, by kind (see memory_formula), and
+        as ``eval copy`` the model's own full vectors that are none of them (after :meth:`release`, rank 0's
+        parameters in stage 3; a vector not released would show here, and differ from the formula)."""
+        got = {k: int(sum(a.nbytes for a in v)) for k, v in self.held.items()}
+        mine = {id(a) for v in self.held.values() for a in v}
+        got["eval copy"] = int(sum(a.nbytes for a in (self.model.params, self.model.grads) if id(a) not in mine))
+        return got
 
     def formula(self) -> list[dict[str, int]]:
         """:func:`memory_formula` for every rank of the group."""
-        m = self.model
-        return [memory_formula(self.stage, P=m.num_params, shard=s, K=len(self.opts[0].state_names),
-                               b=m.params.itemsize, largest=self.largest, pad=self.pad) for s in self.sizes]
+        return [memory_formula(self.stage, P=self.P, shard=s, K=len(self.opts[0].state_names), b=self.b,
+                               largest=self.largest, pad=self.pad, rank=q) for q, s in enumerate(self.sizes)]
 
     # -- the collectives ------------------------------------------------------------------------------------
     def _reduce(self, L: LayerShard, g: np.ndarray) -> None:
@@ -269,7 +305,8 @@ class Zero:
                 try:
                     loss, correct = self._sharded_pass(xb, yb, scale, where)
                 finally:                                        # rank 0 evaluates the model's own vector
-                    self._bind(self.own_views)
+                    if self.own_views is not None:             # (released on the others: see release)
+                        self._bind(self.own_views)
             else:
                 loss, correct = self._replica_pass(xb, yb, scale, where)
         for o in self.opts:
@@ -342,8 +379,8 @@ class Zero:
         return loss, correct
 
     def _bind(self, views: dict[int, dict[str, np.ndarray]]) -> None:
-        """Stage 3: point the Linear layers' parameters at the gathered scratch (during a step) or back at
-        the model's own vector (which rank 0 evaluates, filled by the runtime from the shards)."""
+        """Stage 3: point the Linear layers' parameters at the gathered scratch (during a step) or, on rank 0,
+        back at the model's own vector (which it evaluates, filled by the runtime from the shards)."""
         for li, v in views.items():
             self.model.layers[li].params.update(v)
 
@@ -351,9 +388,9 @@ class Zero:
     def calls(self) -> list[tuple[str, str, int]]:
         """One step's payload collectives: (collective, algorithm, count), count being the whole result's
         for an allgather."""
-        N, w = self.t.size, self.model.params.itemsize
+        N, w = self.t.size, self.b
         if self.stage == 0:
-            return [("allreduce", self.alg, self.model.num_params)]
+            return [("allreduce", self.alg, self.P)]
         out = []
         for L in self.shards:
             m = N * L.offs[1]
@@ -363,14 +400,14 @@ class Zero:
 
     def traffic(self) -> tuple[int, int]:
         """(messages, bytes) all the group's ranks send in one step."""
-        N, w = self.t.size, self.model.params.itemsize
+        N, w = self.t.size, self.b
         per = [allreduce_traffic(alg, n, w, N) if c == "allreduce" else traffic(c, alg, N, n, w)
                for c, alg, n in self.calls()]
         return sum(m for m, _ in per), sum(b for _, b in per)
 
     def formula_text(self) -> str:
         """The closed form of one step's bytes, as text."""
-        N, w, P = self.t.size, self.model.params.itemsize, self.model.num_params
+        N, w, P = self.t.size, self.b, self.P
         if self.stage == 0:
             return allreduce_formula(self.alg, P, w, N, n="b·P")
         gathers = "2N" if self.stage == 3 else "N"
@@ -383,10 +420,13 @@ class Zero:
 NOTES = {
     0: "stage 0 keeps everything on every rank: parameters, gradients and optimizer state (plain data parallel)",
     1: "stage 1 keeps full parameters and gradients on every rank, the optimizer state of the rank's shard only",
-    2: "stage 2 keeps full parameters on every rank, the gradients and optimizer state of the rank's shard only",
+    2: "stage 2 keeps full parameters on every rank, the gradients and optimizer state of the rank's shard only "
+       "(the model's full gradient vector is released)",
     3: "stage 3 keeps only the rank's shard of parameters, gradients and optimizer state; a layer's full "
-       "parameters are gathered into a scratch buffer for its forward and its backward",
+       "parameters are gathered into a scratch buffer for its forward and its backward (the model's full "
+       "vectors are released, but for rank 0's parameters, kept to evaluate the model)",
 }
+MODEL_VECTORS = ("params", "grads")                     # the model's own vectors, elements, reported per rank
 
 
 class ZeroRank(Role):
@@ -397,8 +437,10 @@ class ZeroRank(Role):
         o, tr, N, model = run.opts, run.train, run.size, run.model
         self.zero = Zero(run.t, model, stage=o.stage, algorithm=o.algorithm, meter=run.meter,
                          make_optimizer=run.optimizer)
-        run.attach(Part(self.zero.index, self.zero.opts, self.zero.owned))
+        run.attach(Part(self.zero.index, self.zero.opts, self.zero.owned))   # the shard <- model.params
+        self.zero.release()
         self.xbuf = np.empty((-(-min(tr.batch_size, run.ds.num_train) // N), run.ds.num_features), dtype=model.dtype)
+        self.model_vectors: list[dict[str, int]] | None = None     # rank 0: every rank's, set by the gather
         self.measured = self._gather_memory()
         self.title = f"ZeRO stage {o.stage}, {N} ranks, {run.ds.name}, {model.describe()}"
         z = self.zero
@@ -414,11 +456,16 @@ class ZeroRank(Role):
             run.say(f"note: global batch {tr.batch_size} < {N} ranks: some ranks get no examples per step")
 
     def _gather_memory(self) -> list[dict[str, int]] | None:
-        """Every rank's measured memory on rank 0 (control)."""
-        mine = self.zero.memory()
+        """Every rank's measured memory and the sizes of its model's own vectors (elements), on rank 0
+        (control)."""
+        mine, model = self.zero.memory(), self.run.model
+        row = [*(mine[k] for k in KINDS), model.params.size, model.grads.size]
         with self.run.meter.comm("control"):
-            got = gather(self.run.t, np.array([mine[k] for k in KINDS], dtype=np.int64), root=0)
-        return None if got is None else [dict(zip(KINDS, map(int, row))) for row in got]
+            got = gather(self.run.t, np.array(row, dtype=np.int64), root=0)
+        if got is None:
+            return None
+        self.model_vectors = [dict(zip(MODEL_VECTORS, map(int, r[len(KINDS):]))) for r in got]
+        return [dict(zip(KINDS, map(int, r[:len(KINDS)]))) for r in got]
 
     def epoch(self, epoch: int) -> dict | None:
         run, tr, r, N, z = self.run, self.run.train, self.run.rank, self.run.size, self.zero
@@ -438,10 +485,9 @@ class ZeroRank(Role):
         return run.figures(tot, z.opts[0].lr) if r == 0 else None
 
     def payload(self) -> Payload:
-        """S steps of the stage's collectives: the measured traffic next to the closed form; rank 0 also
-        prints the memory table here, at the end of the run."""
-        run, z, N = self.run, self.zero, self.run.size
-        P, w, S = run.model.num_params, run.model.params.itemsize, z.steps
+        """S steps of the stage's collectives: the measured traffic next to the closed form."""
+        z, N = self.zero, self.run.size
+        P, w, S = z.P, z.b, z.steps
         m, b = z.traffic()
         formula = Formula(f"S·{z.formula_text()}", m * S, b * S, m * S, b * S)
         algs = sorted({(c, a) for c, a, _ in z.calls()})
@@ -454,23 +500,25 @@ class ZeroRank(Role):
                      + ("an allgather (AG) of the updated parameters" if z.stage < 3 else
                         "two allgathers (AG) of the parameters, before forward and before backward"))
                   + "; algorithm " + ", ".join(f"{c} {a}" for c, a in algs))
-        if run.rank == 0:
-            run.say("\n" + self.memory_table())
         return Payload({"rank": list(range(N))}, {"rank": formula}, legend)
 
+    def epilogue(self) -> str:
+        """The memory table, after the communication table (rank 0)."""
+        return self.memory_table()
+
     def memory_table(self) -> str:
-        z, model = self.zero, self.run.model
+        z = self.zero
         want = z.formula()
-        P, b, K = model.num_params, model.params.itemsize, len(z.opts[0].state_names)
+        P, b, K = z.P, z.b, len(z.opts[0].state_names)
         base = (2 + K) * P * b                                  # stage 0's (and mpisim.allreduce's) total
         head = (f"{'rank':>4} {'shard Ψ_r':>10} {'params':>12} {'grads':>12} {'optimizer':>12} "
-                f"{'total':>12} {'vs stage 0':>10} {'transient':>12}  formula")
-        lines = [f"memory per rank, stage {z.stage} (measured: bytes of the arrays each rank trains with, by kind):",
-                 head, "-" * len(head)]
+                f"{'total':>12} {'vs stage 0':>10} {'transient':>12} {'eval copy':>12}  formula")
+        lines = [f"memory per rank, stage {z.stage} (measured: bytes of the arrays each rank holds, the model's "
+                 f"own vectors included, by kind):", head, "-" * len(head)]
         for q, (got, f) in enumerate(zip(self.measured, want)):
             total = sum(got[k] for k in HELD)
             lines.append(f"{q:>4} {z.sizes[q]:>10,} " + " ".join(f"{got[k]:>12,}" for k in HELD)
-                         + f" {total:>12,} {total / base:>10.3f} {got['transient']:>12,}  "
+                         + f" {total:>12,} {total / base:>10.3f} {got['transient']:>12,} {got['eval copy']:>12,}  "
                          + ("agrees" if got == f else f"DIFFERS: {f}"))
         form = {0: "Ψb + Ψb + KΨb", 1: "Ψb + Ψb + KΨ_r·b", 2: "Ψb + Ψ_r·b + KΨ_r·b",
                 3: "Ψ_r·b + Ψ_r·b + KΨ_r·b"}[z.stage]
@@ -478,14 +526,24 @@ class ZeroRank(Role):
                    2: "one layer's gradient (the largest layer) and the allgather's padded block",
                    3: "one layer's parameters and one layer's gradient (the largest layer each), the allgather's "
                       "padded block"}[z.stage]
+        released = {0: "nothing (the model's full vectors are the params and grads above)",
+                    1: "nothing (the model's full vectors are the params and grads above)",
+                    2: "the model's full gradient vector, on every rank (the params above are its full parameters)",
+                    3: "the model's full gradient vector on every rank, its full parameter vector on every rank "
+                       "but 0, once the rank's shard was copied out of it"}[z.stage]
         lines += [f"formula (Rajbhandari et al. 2020): params + grads + optimizer = {form}, with Ψ = {P:,} "
                   f"parameters, b = {b} bytes, K = {K} optimizer moment{'s' if K > 1 else ''}, Ψ_r = rank r's shard",
                   "vs stage 0: total / (2+K)·Ψ·b, stage 0's and mpisim.allreduce's; the optimizers update the "
                   "arrays above in place" + (" (the shard's parameters are its blocks of the full replica)"
                                              if z.stage in (1, 2) else ""),
                   f"transient (not in the total): {scratch}",
-                  "not counted: the runtime's model that every rank builds from the seed (rank 0 keeps it full, to "
-                  "evaluate), activations, data, the collectives' own temporaries"]
+                  "eval copy (not in the total): " + ("rank 0's full parameters (Ψ·b), filled from the shards after "
+                                                      "each epoch to evaluate and checkpoint the model" if z.stage == 3
+                                                      else "none (rank 0 evaluates the params above)"),
+                  f"released after set-up: {released}",
+                  "not counted: activations, data, the collectives' own temporaries, the shard's positions (int64)"
+                  + (", and rank 0's full optimizer state (K·Ψ·b), gathered from the shards to be checkpointed"
+                     if self.run.opt is not None else "")]
         return "\n".join(lines)
 
     def memory_agrees(self) -> bool:
@@ -493,7 +551,8 @@ class ZeroRank(Role):
 
     def result(self) -> dict:
         return {"steps": self.zero.steps, "stage": self.zero.stage, "shards": list(self.zero.sizes),
-                "memory": self.measured, "memory_formula": self.zero.formula(), "memory_agrees": self.memory_agrees()}
+                "memory": self.measured, "memory_formula": self.zero.formula(), "memory_agrees": self.memory_agrees(),
+                "model_vectors": self.model_vectors}
 
 
 def _list(values) -> str:

@@ -232,9 +232,15 @@ class Run:
         tr = self.train
         self.ds = build_dataset(tr)
         self.model = build_model(tr, self.ds)
-        # model parallel: the full optimizer state only on rank 0, and only to checkpoint it
-        whole = not paradigm.parts or (t.rank == 0 and tr.checkpoint)
-        self.opt = build_optimizer(tr, self.model) if whole else None
+        # model parallel: the full optimizer state only on rank 0, and only to checkpoint it; it never steps,
+        # so it needs no gradient of its own (a zero-stride stand-in of the right shape holds no memory)
+        if not paradigm.parts:
+            self.opt = build_optimizer(tr, self.model)
+        elif t.rank == 0 and tr.checkpoint:
+            p = self.model.params
+            self.opt = build_optimizer(tr, None, p, np.broadcast_to(np.zeros(1, dtype=p.dtype), p.shape))
+        else:
+            self.opt = None
         self.lr_at = build_schedule(tr)
         ranks = {"ranks": t.size} if paradigm.cluster else {}
         self.config = run_config(tr, self.opts, exclude=LAUNCH_OPTIONS, **ranks, paradigm=paradigm.name,

@@ -1,5 +1,7 @@
 """mpisim.zero: every stage computes the centralized trainer's steps; each rank holds what the stage says."""
+import gc
 import json
+import weakref
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,7 +12,9 @@ from mpisim import zero
 from mpisim.nn import MLP, make_optimizer
 from mpisim.train import build_dataset, build_model, build_optimizer, load_checkpoint
 
-from .helpers import SMALL, assert_close, parse, run_centralized, run_sim
+from mpisim.centralized import train_centralized
+
+from .helpers import SMALL, assert_close, parse, run_sim
 
 # 40 training examples in batches of 12: 2 epochs of 4 steps, the last batch of 4 split unequally
 ADAM = ["--optimizer", "adam", "--lr", "0.01", "--epochs", "2", "--batch-size", "12"]
@@ -19,7 +23,7 @@ MOMENTUM = ["--optimizer", "momentum", "--lr", "0.1", "--epochs", "2", "--batch-
 
 @pytest.fixture(scope="module")
 def centralized():
-    return {"adam": run_centralized([*SMALL, *ADAM]).params, "momentum": run_centralized([*SMALL, *MOMENTUM]).params}
+    return {"adam": train_centralized([*SMALL, *ADAM]), "momentum": train_centralized([*SMALL, *MOMENTUM])}
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -27,12 +31,16 @@ def centralized():
 def test_every_stage_equals_the_centralized_trainer_in_float64(stage, n, centralized):
     """Unequal blocks on 3 ranks (layers of 54 and 70 parameters), Adam and SGD with momentum."""
     for name, opt in (("adam", ADAM), ("momentum", MOMENTUM)):
-        got = run_sim(zero, n, [*SMALL, *opt, "--stage", stage])
+        got, want = run_sim(zero, n, [*SMALL, *opt, "--stage", stage]), centralized[name]
         assert got["steps"] == 8 and got["stage"] == stage
-        assert_close(got["model"].params, centralized[name])
+        assert_close(got["model"].params, want["model"].params)
         assert got["comm_agrees"] and got["memory_agrees"]
-        # stages 2 and 3 never write a full gradient vector: the model's own stays as it was built
-        assert got["model"].grads.any() == (stage <= 1)
+        # rank 0 evaluates the full model (in stage 3 its evaluation copy, filled from the shards)
+        assert_close(got["test_loss"], want["test_loss"])
+        assert got["test_acc"] == want["test_acc"]
+        # stages 2 and 3 never write a full gradient vector: the model's own is released
+        P = got["model"].num_params
+        assert got["model"].grads.size == (P if stage <= 1 else 0)
 
 
 def test_shards_are_array_split_blocks_of_every_linear_layer_covering_the_vector_once():
@@ -72,7 +80,7 @@ def test_measured_memory_per_rank_is_the_stage_formula_and_shrinks_by_n():
     assert full_opt == K * P * b
     for r, s in enumerate(shards):
         m = {stage: runs[stage]["memory"][r] for stage in runs}
-        assert m[0] == {"params": P * b, "grads": P * b, "optimizer": K * P * b, "transient": 0}
+        assert m[0] == {"params": P * b, "grads": P * b, "optimizer": K * P * b, "transient": 0, "eval copy": 0}
         # stage 1: the optimizer state is the shard's moments
         assert m[1]["optimizer"] == K * s * b
         assert m[1]["optimizer"] / full_opt <= 1 / N + L / P            # one element of rounding per layer
@@ -87,6 +95,8 @@ def test_measured_memory_per_rank_is_the_stage_formula_and_shrinks_by_n():
         assert m[3]["params"] / m[2]["params"] <= 1 / N + L / P
         largest = 63
         assert m[3]["transient"] == (2 * largest + 16) * b               # two layer scratches, one padded block
+        # apart: rank 0 keeps the full parameters in stage 3 to evaluate; stages 0-2 evaluate their own
+        assert [m[s]["eval copy"] for s in runs] == [0, 0, 0, P * b if r == 0 else 0]
     for s in runs.values():
         assert s["memory_agrees"] and s["memory"] == s["memory_formula"]
         assert set(s["memory"][0]) == set(zero.KINDS)
@@ -128,6 +138,61 @@ def test_the_optimizers_update_views_one_per_layer(stage):
             at += o.params.size
         held = [a for arrays in z.held.values() for a in arrays]
         assert len({id(a) for a in held}) == len(held)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_the_full_vectors_a_stage_does_not_use_are_released_on_every_rank(stage, tmp_path, monkeypatch):
+    """Measured on each of 3 ranks at the end of the run (and by the memory gather after set-up): the
+    model's gradient vector is empty in stages 2 and 3, its parameter vector too on ranks 1 and 2 in stage 3,
+    and the arrays let go are freed (no layer, view or optimizer keeps them: rank 0's optimizer to
+    checkpoint neither), in a run with --checkpoint and in its resume."""
+    built, ended = {}, {}
+    release, close = zero.Zero.release, zero.ZeroRank.close
+
+    def spy_release(self):                      # the model's full vectors as the runtime built them
+        built[self.t.rank] = (weakref.ref(self.model.params), weakref.ref(self.model.grads))
+        release(self)
+
+    def spy_close(self):                        # every rank, after its last epoch: what it holds, and
+        m, r = self.run.model, self.run.rank    # whether the vectors it was built with are still alive
+        gc.collect()
+        ended[r] = (m.params.size, m.grads.size, m.params.dtype, m.grads.dtype,
+                    built[r][0]() is not None, built[r][1]() is not None)
+        close(self)
+
+    monkeypatch.setattr(zero.Zero, "release", spy_release)
+    monkeypatch.setattr(zero.ZeroRank, "close", spy_close)
+    argv = [*SMALL, *ADAM, "--stage", stage, "--checkpoint", tmp_path / "c"]
+    for extra in (["--stop-after", "1"], ["--resume"]):
+        built.clear(), ended.clear()
+        got = run_sim(zero, 3, [*argv, *extra])
+        P = got["model"].num_params
+        want = [{"params": P if stage <= 2 or r == 0 else 0, "grads": P if stage <= 1 else 0} for r in range(3)]
+        assert got["model_vectors"] == want                                   # after set-up, from the gather
+        assert {r: e[:2] for r, e in ended.items()} == {r: (w["params"], w["grads"]) for r, w in enumerate(want)}
+        assert all(e[2] == e[3] == np.float64 for e in ended.values())        # empty, of the model's dtype
+        assert {r: e[4:] for r, e in ended.items()} == {r: (w["params"] > 0, w["grads"] > 0)
+                                                        for r, w in enumerate(want)}
+    assert load_checkpoint(tmp_path / "c")[1]["epoch"] == 2
+
+
+def test_stage_3_rank_0_evaluates_the_shards_and_the_others_compute_in_the_scratch():
+    """After release: rank 0's layers point back at the model's own vector between steps; on the other
+    ranks they point at the gathered scratch for good."""
+    model, N = MLP([8, 6, 3], dtype="float64"), 3
+    for r in range(N):
+        m = MLP([8, 6, 3], dtype="float64")
+        z = zero.Zero(SimpleNamespace(size=N, rank=r), m, stage=3, algorithm="auto", meter=None,
+                      make_optimizer=lambda p, g: make_optimizer("adam", p, g, lr=0.01))
+        z.release()
+        assert m.grads.size == 0 and m.params.size == (model.num_params if r == 0 else 0)
+        assert m._dev[:2] == (m.params, m.grads)
+        for L in z.shards:
+            W = m.layers[L.layer].params["W"]
+            assert np.shares_memory(W, m.params if r == 0 else z.pscratch)
+            assert np.shares_memory(m.layers[L.layer].grads["W"], z.gscratch)
+        assert z.memory()["eval copy"] == (model.params.nbytes if r == 0 else 0)
+        assert z.memory() == z.formula()[r]
 
 
 @pytest.mark.parametrize("stage, gathers", [(1, 1), (3, 2)])
