@@ -81,3 +81,15 @@ def test_bench_mlp_prints_a_row_per_batch():
         bad = subprocess.run([sys.executable, "scripts/bench_mlp.py", "--seconds", value], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and "--seconds must be in" in bad.stderr
+
+
+@pytest.mark.timeout(300)
+def test_parallelism_tables_quick():
+    """The docs' tables in their small version: equal stages give the formula, ZeRO's memory its formula."""
+    res = subprocess.run([sys.executable, "scripts/parallelism_tables.py", "--quick"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=280)
+    assert res.returncode == 0, res.stderr
+    rows = [line.split(" | ") for line in res.stdout.splitlines() if line.startswith(("| gpipe", "| 1f1b"))]
+    assert rows and all(r[3] == r[4] for r in rows)                  # formula == equal stages, to 4 digits
+    zero_rows = [line for line in res.stdout.splitlines() if line.startswith("| 2 |")]
+    assert len(zero_rows) == 4 and all(line.endswith("| yes |") for line in zero_rows)
