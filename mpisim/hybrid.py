@@ -32,7 +32,7 @@ from .comm import ALLREDUCE_ALGORITHMS, allreduce
 from .comm.costs import allreduce_traffic
 from .data import dataset_shape, epoch_permutation
 from .nn.loss import SoftmaxCrossEntropy
-from .nn.stage import Stage, block_flops
+from .nn.stage import SlotPool, Stage, block_flops
 from .pipeline import (Engine, _offsets, _schedule, _stage_list, check_plot, cut, draw_first_step, layer_count,
                        micro_batches)
 from .tensor import TensorParallelMLP, split_problem
@@ -122,19 +122,7 @@ class _Sizes:
 
 
 # -- a stage split over a tensor group, as the pipeline engine drives a stage ---------------------------------
-class _TensorSlot:
-    def __init__(self) -> None:
-        self.x = self.dlogits = self.tape = None
-        self.act_bytes = 0
-        self.pending: list = []
-
-    def wait(self) -> None:
-        for req in self.pending:
-            req.wait()
-        self.pending.clear()
-
-
-class TensorStage:
+class TensorStage(SlotPool):
     """Blocks [a, b) of the model, tensor-parallel over ``tt`` (:class:`mpisim.tensor.TensorParallelMLP`),
     with the interface the pipeline :class:`~mpisim.pipeline.Engine` drives a :class:`~mpisim.nn.stage.Stage`
     by. Its FLOPs are charged by the core (its share of each matmul), so the engine charges none, and the
@@ -149,26 +137,7 @@ class TensorStage:
         self.d_in, self.d_out, self.dtype = model.sizes[a], model.sizes[b], model.dtype
         self.model = model
         self.loss_fn = SoftmaxCrossEntropy() if self.is_last else None
-        self.slots: list[_TensorSlot] = []
-        self.free: list[_TensorSlot] = []
-
-    def take_slot(self) -> _TensorSlot:
-        if self.free:
-            slot = self.free.pop()
-            slot.wait()
-            return slot
-        self.slots.append(_TensorSlot())
-        return self.slots[-1]
-
-    def release(self, slot: _TensorSlot) -> None:
-        slot.tape, slot.act_bytes = None, 0
-        self.free.append(slot)
-
-    def in_flight(self) -> int:
-        return len(self.slots) - len(self.free)
-
-    def stored_bytes(self) -> int:
-        return sum(s.act_bytes for s in self.slots)
+        super().__init__()
 
     def seed_dropout(self, *key: int) -> None:
         self.model.seed_dropout(*key)             # the core draws from the model's generators

@@ -22,7 +22,7 @@ from .layers import Dropout, Layer, Linear
 from .loss import SoftmaxCrossEntropy
 from .model import MLP, _views, dropout_generator
 
-__all__ = ["Slot", "Stage", "balance", "block_flops", "blocks_of"]
+__all__ = ["Slot", "SlotPool", "Stage", "balance", "block_flops", "blocks_of"]
 
 
 def blocks_of(model: MLP) -> list[tuple[int, int]]:
@@ -60,10 +60,11 @@ def balance(costs: Sequence[float], p: int) -> list[int]:
 
 
 class Slot:
-    """One micro-batch's copy of a stage's layers (shared parameters, own activations)."""
+    """One micro-batch's copy of a stage's layers (shared parameters, own activations), or its tape."""
 
-    def __init__(self, layers: list[Layer]) -> None:
+    def __init__(self, layers: list[Layer] | None = None) -> None:
         self.layers = layers
+        self.tape = None                          # what a stage without layers of its own keeps for backward
         self.x: np.ndarray | None = None          # the received input (stages after the first)
         self.dlogits: np.ndarray | None = None    # the last stage: the loss gradient, kept for backward
         self.act_bytes = 0                        # what the micro-batch keeps until its backward
@@ -75,7 +76,39 @@ class Slot:
         self.pending.clear()
 
 
-class Stage:
+class SlotPool:
+    """Slots lent to micro-batches and given back, so a stage holds as many as were ever in flight at once."""
+
+    def __init__(self) -> None:
+        self.slots: list[Slot] = []
+        self.free: list[Slot] = []
+
+    def _new_slot(self) -> Slot:
+        return Slot()
+
+    def take_slot(self) -> Slot:
+        """A free slot (its earlier sends complete), or a new one."""
+        if self.free:
+            slot = self.free.pop()
+            slot.wait()
+            return slot
+        slot = self._new_slot()
+        self.slots.append(slot)
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        slot.act_bytes, slot.tape = 0, None
+        self.free.append(slot)
+
+    def in_flight(self) -> int:
+        return len(self.slots) - len(self.free)
+
+    def stored_bytes(self) -> int:
+        """Bytes of activations the in-flight micro-batches keep now."""
+        return sum(s.act_bytes for s in self.slots)
+
+
+class Stage(SlotPool):
     """Blocks ``[first, last)`` of ``model``, with flat ``params``/``grads`` of their own (``params[j]`` is
     ``model.params[lo + j]``). The model is only read: its values are copied, its layers copied.
     ``flops=(f, b)`` declares f forward and b backward FLOPs per example instead of the layers' own (to model
@@ -102,8 +135,7 @@ class Stage:
         self.dropout_rngs = {li: None for li in range(self.layer_lo, self.layer_hi)
                              if isinstance(model.layers[li], Dropout)}
         self.loss_fn = SoftmaxCrossEntropy() if self.is_last else None
-        self.slots: list[Slot] = []
-        self.free: list[Slot] = []
+        super().__init__()
 
     # -- slots ----------------------------------------------------------------------------------------
     def _new_slot(self) -> Slot:
@@ -115,27 +147,6 @@ class Stage:
             if li in self.dropout_rngs:
                 layer.rng = self.dropout_rngs[li]
         return Slot(layers)
-
-    def take_slot(self) -> Slot:
-        """A free slot (its earlier sends complete), or a new one."""
-        if self.free:
-            slot = self.free.pop()
-            slot.wait()
-            return slot
-        slot = self._new_slot()
-        self.slots.append(slot)
-        return slot
-
-    def release(self, slot: Slot) -> None:
-        slot.act_bytes = 0
-        self.free.append(slot)
-
-    def in_flight(self) -> int:
-        return len(self.slots) - len(self.free)
-
-    def stored_bytes(self) -> int:
-        """Bytes of activations the in-flight micro-batches keep now."""
-        return sum(s.act_bytes for s in self.slots)
 
     def seed_dropout(self, *key: int) -> None:
         """The full model's dropout generators for ``key`` (as ``MLP.seed_dropout``), shared by the slots,
