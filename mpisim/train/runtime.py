@@ -20,6 +20,13 @@ one-rank case, without cluster options), building the data, model, optimizer and
 from a checkpoint on rank 0 and broadcasting it, the epoch/round loop with ``--stop-after`` and a
 checkpoint after each, metrics, progress lines and plots, fault injection (:meth:`Run.maybe_fail`), the
 communication ledger and the closing table with its formula check, and a closing one-line summary.
+
+Model parallelism (``Paradigm(parts=True)``): each rank trains a :class:`Part` of the one flat parameter
+vector with an optimizer of its own and hands it to :meth:`Run.attach`; the runtime gathers the owned
+positions into rank 0's full model before each evaluation (and its moments into rank 0's full optimizer
+before each checkpoint), and gives every part its moments back on a resume, so a pipeline stage, a tensor
+shard or a ZeRO shard needs no checkpoint code of its own. ``Role.epilogue()`` adds a paradigm's own
+measurements after the closing table.
 """
 from __future__ import annotations
 
