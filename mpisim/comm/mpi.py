@@ -219,9 +219,20 @@ class MPITransport:
 
     def abort(self, code: int = 1) -> None:
         """End every process of the job (``MPI_Abort``) with exit status ``code``."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.comm.Abort(code)
+        _abort(self.comm, code)
+
+
+# MPI_Abort makes the launcher kill every process at once; what a process wrote to its stderr pipe just
+# before may not have been forwarded yet and is then lost (about 1 job in 15 with MPICH's hydra on a busy
+# machine), so the message that names the failed rank waits this long before the abort
+ABORT_DELAY = 0.5
+
+
+def _abort(comm: Any, code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(ABORT_DELAY)
+    comm.Abort(code)
 
 
 _hook_installed = False
@@ -243,8 +254,7 @@ def install_abort_hook() -> None:
         text = "".join(traceback.format_exception(etype, value, tb))
         sys.stderr.write(f"mpisim: rank {rank} of {size} failed with {etype.__name__}: {value}\n{text}"
                          f"mpisim: aborting the job (MPI_Abort) because rank {rank} failed\n")
-        sys.stderr.flush()
-        world.Abort(1)
+        _abort(world, 1)
 
     sys.excepthook = hook
     _hook_installed = True
