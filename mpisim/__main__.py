@@ -27,7 +27,8 @@ def paradigm_tools() -> list[tuple[str, str, str]]:
     out = []
     for name in PARADIGMS:
         par = importlib.import_module(f"mpisim.{name}").PARADIGM
-        cmd = (f"mpiexec -n 2 {par.prog}   (or: {par.prog} --sim {par.ranks_by_default()})" if par.cluster
+        cmd = (f"mpiexec -n {par.listed_ranks} {par.prog}   (or: {par.prog} --sim {par.ranks_by_default()})"
+               if par.cluster
                else par.prog)
         what = par.description.rstrip(".")
         if what.split()[0][1:].islower():           # "Data-parallel ..." reads "data-parallel ..."; "ZeRO" stays

@@ -33,8 +33,8 @@ from .comm.costs import allreduce_traffic
 from .data import dataset_shape, epoch_permutation
 from .nn.loss import SoftmaxCrossEntropy
 from .nn.stage import SlotPool, Stage, block_flops
-from .pipeline import (Engine, _offsets, _schedule, _stage_list, check_plot, cut, draw_first_step, layer_count,
-                       micro_batches)
+from .pipeline import (Engine, _offsets, _schedule, _stage_list, check_plot, count, cut, draw_first_step,
+                       layer_count, micro_batches)
 from .tensor import TensorParallelMLP, split_problem
 from .train import gather_batch
 from .train.distributed import Formula
@@ -80,11 +80,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     n = layer_count(train)
     if o.pp > n:
-        p.error(f"--pp {o.pp} stages but the model has only {n} Linear layers (--hidden "
+        p.error(f"--pp {o.pp} stages but the model has only {count(n, 'Linear layer')} (--hidden "
                 f"{','.join(map(str, train.hidden)) or 'none'})")
     if o.stages and (len(o.stages) != o.pp or sum(o.stages) != n):
-        p.error(f"--stages {','.join(map(str, o.stages))} must list {o.pp} stages (--pp) summing to the model's {n} "
-                f"Linear layers")
+        p.error(f"--stages {','.join(map(str, o.stages))} must list {count(o.pp, 'stage')} (--pp) summing to the "
+                f"model's {count(n, 'Linear layer')}")
     if train.device != "cpu":
         p.error("--device cuda is not supported by hybrid: its stages compute with NumPy on the host")
     check_plot(p, o.schedule_plot)
@@ -201,7 +201,7 @@ class GridRank(Role):
                 + run.resuming())
         for s, (a, b) in enumerate(self.ranges):
             flops = sum(f + bw for f, bw in block_flops(run.model)[a:b])
-            run.say(f"  stage {s}: blocks {a}..{b - 1}, {flops:,} FLOPs per example"
+            run.say(f"  stage {s}: blocks {a}..{b - 1}, {flops:,} FLOPs per example (forward and backward)"
                     + (f", split over {T} tensor ranks" if T > 1 else ""))
 
     def epoch(self, epoch: int) -> dict | None:
@@ -311,7 +311,7 @@ def _stage_size(model, a: int, b: int) -> int:
 
 
 PARADIGM = Paradigm(name="hybrid", doc=__doc__, setup=GridRank, options=Options, add_args=add_args, check=check,
-                    check_world=check_world, parts=True,
+                    check_world=check_world, parts=True, listed_ranks=4,
                     default_ranks=lambda o: (o.dp or 2) * o.pp * o.tp,      # without --sim: the grid asked for
                     no_batchnorm="a pipeline stage would normalize each micro-batch by its own statistics",
                     defaults={"hidden": (64,) * 7, "lr_schedule_flag": "--lr-schedule"},   # 8 Linear layers

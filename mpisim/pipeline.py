@@ -94,11 +94,16 @@ def layer_count(train) -> int:
     return len(train.hidden) + 1
 
 
+def count(n: int, what: str) -> str:
+    """'1 Linear layer', '3 Linear layers'."""
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     n = layer_count(train)
     if o.stages and sum(o.stages) != n:
-        p.error(f"--stages {','.join(map(str, o.stages))} sums to {sum(o.stages)}, but the model has {n} "
-                f"Linear layers (--hidden {','.join(map(str, train.hidden)) or 'none'})")
+        p.error(f"--stages {','.join(map(str, o.stages))} sums to {sum(o.stages)}, but the model has "
+                f"{count(n, 'Linear layer')} (--hidden {','.join(map(str, train.hidden)) or 'none'})")
     if train.device != "cpu":
         p.error("--device cuda is not supported by the pipeline: its stages compute with NumPy on the host")
     check_plot(p, o.schedule_plot)
@@ -107,10 +112,11 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
 def check_world(train, o: Options, N: int) -> str | None:
     n = layer_count(train)
     if N > n:
-        return (f"{N} pipeline stages but the model has only {n} Linear layers (--hidden "
-                f"{','.join(map(str, train.hidden)) or 'none'}): use at most {n} ranks or a deeper model")
+        return (f"{N} pipeline stages but the model has only {count(n, 'Linear layer')} (--hidden "
+                f"{','.join(map(str, train.hidden)) or 'none'}): use at most {count(n, 'rank')} or a deeper model")
     if o.stages and len(o.stages) != N:
-        return f"--stages lists {len(o.stages)} stages but there are {N} ranks: give one count per rank"
+        return (f"--stages lists {count(len(o.stages), 'stage')} but there are {count(N, 'rank')}: give one count "
+                f"per rank")
     return None
 
 
@@ -360,6 +366,9 @@ class PipelineStage(Role):
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, batch {tr.batch_size} in "
                 f"{o.micro_batches} micro-batches, schedule {o.pipeline_schedule}, {tr.epochs} epoch"
                 f"{'s' if tr.epochs != 1 else ''}" + run.resuming())
+        if o.micro_batches > tr.batch_size:
+            run.say(f"note: a batch of {tr.batch_size} examples makes at most {tr.batch_size} micro-batches: "
+                    f"M = {tr.batch_size}, not {o.micro_batches}")
         flops = [sum(f + b for f, b in block_flops(run.model)[a:b]) for a, b in self.ranges]
         for k, (a, b) in enumerate(self.ranges):
             run.say(f"  stage {k}: blocks {a}..{b - 1}, {flops[k]:,} FLOPs per example (forward and backward)")

@@ -76,8 +76,8 @@ class Options:
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ZeRO")
     g.add_argument("--stage", type=int, choices=STAGES, default=1,
-                   help="what is sharded: 0 nothing (plain data parallel), 1 optimizer state, 2 and gradients, "
-                        "3 and parameters (default 1)")
+                   help="what is sharded over the ranks: 0 nothing (plain data parallel), 1 the optimizer state, "
+                        "2 the optimizer state and the gradients, 3 those and the parameters (default 1)")
     g.add_argument("--algorithm", choices=ALGORITHMS, default="auto",
                    help="algorithm of the reduce_scatter, allgather (and stage 0's allreduce): auto, each "
                         "collective's own choice by size, or ring (default auto)")
@@ -563,8 +563,7 @@ PARADIGM = Paradigm(name="zero", doc=__doc__, setup=ZeroRank, options=Options, a
                     parts=True,
                     no_batchnorm="ZeRO here shards the Linear layers only (BatchNorm's parameters and running "
                                  "statistics are not sharded); use mpisim.allreduce --sync-bn",
-                    description="ZeRO: data parallel with the optimizer state (1), gradients (2) and parameters (3) "
-                                "sharded over the ranks.")
+                    description="ZeRO: data parallel with optimizer state, gradients, parameters sharded (stages 1-3).")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 
 

@@ -45,7 +45,7 @@ def balance(costs: Sequence[float], p: int) -> list[int]:
     dynamic programming; ties go to the split with earlier stages smaller)."""
     n = len(costs)
     if not 1 <= p <= n:
-        raise ValueError(f"cannot cut {n} blocks into {p} non-empty stages")
+        raise ValueError(f"cannot cut {n} block{'s' if n != 1 else ''} into {p} non-empty stage{'s' if p != 1 else ''}")
     pre = np.concatenate([[0.0], np.cumsum(costs)])
     best = {(0, 0): (0.0, ())}                       # (stages, blocks) -> (max cost, counts)
     for k in range(1, p + 1):

@@ -151,7 +151,8 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--momentum", type=_fraction, default=0.9, help="for momentum and nesterov (default 0.9)")
     g.add_argument("--weight-decay", type=_nonneg_float, default=0.0, metavar="WD",
                    help="L2 for sgd/momentum/nesterov/adam, decoupled for adamw (default 0)")
-    g.add_argument(lr_schedule_flag, dest="schedule", choices=SCHEDULES, default="constant",
+    flags = ("--schedule", "--lr-schedule") if lr_schedule_flag == "--schedule" else (lr_schedule_flag,)
+    g.add_argument(*flags, dest="schedule", choices=SCHEDULES, default="constant",
                    help="learning-rate schedule (default constant)")
     g.add_argument("--step-size", type=_positive_int, default=3, metavar="EPOCHS",
                    help="step schedule: decay every this many epochs (default 3)")

@@ -148,6 +148,7 @@ class Paradigm:
     check: Callable[[argparse.ArgumentParser, TrainOptions, Any], Any] | None = None
     check_world: Callable[[TrainOptions, Any, int], str | None] | None = None
     default_ranks: Any = 4                      # without mpiexec and --sim (or a function of the options)
+    listed_ranks: int = 2                       # the mpiexec -n of its line in python -m mpisim
     per_rank_state: bool = False                # ranks hold models and optimizers of their own: each
     #                                             rank's are checkpointed, so a resume is exact
     no_batchnorm: str | None = None             # why --batchnorm is refused, if it is
@@ -164,7 +165,7 @@ class Paradigm:
 
     def flags(self) -> dict[str, str]:
         """The command-line flag of each option, by its name in the options (for messages)."""
-        return {a.dest: a.option_strings[-1] for a in self.build_parser()._actions if a.option_strings}
+        return {a.dest: a.option_strings[0] for a in self.build_parser()._actions if a.option_strings}
 
     def ranks_by_default(self, opts=None) -> int:
         """The simulated ranks a run without mpiexec and --sim gets."""

@@ -163,3 +163,12 @@ def test_usage_errors(argv, message, capsys):
 def test_defaults_reach_90_percent_on_digits():
     got = run_sim(pp, 4, ["--quiet"])
     assert got["test_acc"] >= 0.90 and got["comm_agrees"]
+
+
+def test_the_learning_rate_schedule_is_lr_schedule_in_every_tool():
+    """--lr-schedule everywhere; --schedule too where it is not the pipeline's."""
+    from mpisim import allreduce, centralized, hybrid
+    for module in (centralized, allreduce, pp, hybrid):
+        assert module.PARADIGM.parse(["--lr-schedule", "cosine"]).train.schedule == "cosine"
+    assert centralized.PARADIGM.parse(["--schedule", "step"]).train.schedule == "step"
+    assert pp.PARADIGM.parse(["--schedule", "gpipe"]).opts.pipeline_schedule == "gpipe"
