@@ -29,7 +29,6 @@ import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
 from .comm.costs import allreduce_formula, allreduce_traffic
-from .data import epoch_permutation
 from .nn import BatchNorm1d
 from .train import gather_batch
 from .train.distributed import Formula, Meter, under_mpiexec
@@ -223,16 +222,13 @@ class DataParallel(Role):
 
     def epoch(self, epoch: int) -> dict | None:
         run, tr, r, N = self.run, self.run.train, self.run.rank, self.run.size
-        B, steps = tr.batch_size, run.steps
         run.model.seed_dropout(epoch, r)
-        perm = epoch_permutation(run.ds.num_train, seed=tr.seed, epoch=epoch)
         sums = np.zeros(3, dtype=np.float64)            # loss sum, correct, seen (this rank)
-        for i in range(steps):
-            batch = perm[i * B:(i + 1) * B]
+        for i, batch, lr in run.batches(epoch):
             if tr.batchnorm and (len(batch) if run.opts.sync_bn else len(batch) // N) < 2:
                 continue                                # BatchNorm cannot train on one example
             mine = batch[r::N]
-            run.opt.lr = run.lr_at(epoch + i / steps)
+            run.opt.lr = lr
             xb = gather_batch(run.x_train, mine, self.xbuf)
             run.maybe_fail(self.done_steps + 1, xb)
             loss, c = self.sync.step(run.model, xb, run.ds.y_train[mine], 1.0 / len(batch),

@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 
-from .data import epoch_permutation
 from .train import gather_batch
 from .train.runtime import Paradigm, Role, Run
 
@@ -34,15 +33,12 @@ class Centralized(Role):
 
     def epoch(self, epoch: int) -> dict:
         run, tr, model, opt = self.run, self.run.train, self.run.model, self.run.opt
-        n, B, steps = run.ds.num_train, tr.batch_size, run.steps
         model.seed_dropout(epoch)
-        perm = epoch_permutation(n, seed=tr.seed, epoch=epoch)
         loss_sum, correct, seen = 0.0, 0, 0
-        for i in range(steps):
-            idx = perm[i * B:(i + 1) * B]
+        for i, idx, lr in run.batches(epoch):
             if tr.batchnorm and len(idx) < 2:          # BatchNorm cannot train on one example
                 continue
-            opt.lr = run.lr_at(epoch + i / steps)
+            opt.lr = lr
             xb = gather_batch(run.x_train, idx, self.xbuf)
             with np.errstate(all="ignore"):          # a diverging run is caught just below, once
                 loss, c = model.train_step(xb, run.ds.y_train[idx])

@@ -30,7 +30,7 @@ import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce
 from .comm.costs import allreduce_traffic
-from .data import dataset_shape, epoch_permutation
+from .data import dataset_shape
 from .nn.loss import SoftmaxCrossEntropy
 from .nn.stage import SlotPool, Stage, block_flops
 from .pipeline import (Engine, _offsets, _schedule, _stage_list, check_plot, count, cut, draw_first_step,
@@ -205,15 +205,13 @@ class GridRank(Role):
                     + (f", split over {T} tensor ranks" if T > 1 else ""))
 
     def epoch(self, epoch: int) -> dict | None:
-        run, tr, st = self.run, self.run.train, self.stage
-        B, M, D = tr.batch_size, run.opts.micro_batches, self.D
+        run, st = self.run, self.stage
+        M, D = run.opts.micro_batches, self.D
         st.seed_dropout(epoch, self.d)               # one replica's stages and tensor ranks draw alike
-        perm = epoch_permutation(run.ds.num_train, seed=tr.seed, epoch=epoch)
         sums = np.zeros(3, dtype=np.float64)
-        for i in range(run.steps):
-            batch = perm[i * B:(i + 1) * B]
+        for i, batch, lr in run.batches(epoch):
             mine = batch[self.d::D]
-            self.opt.lr = run.lr_at(epoch + i / run.steps)
+            self.opt.lr = lr
             xb = gather_batch(run.x_train, mine, self.xbuf) if st.is_first else None
             step = len(self.batches) + 1
             eng = self.engine

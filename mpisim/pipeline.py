@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import allreduce, gather
-from .data import epoch_permutation
 from .nn import SCHEDULES as LR_SCHEDULES
 from .nn.stage import Slot, Stage, balance, block_flops
 from .train import gather_batch
@@ -374,18 +373,16 @@ class PipelineStage(Role):
             run.say(f"  stage {k}: blocks {a}..{b - 1}, {flops[k]:,} FLOPs per example (forward and backward)")
 
     def epoch(self, epoch: int) -> dict | None:
-        run, tr, st = self.run, self.run.train, self.stage
-        B, M = tr.batch_size, run.opts.micro_batches
+        run, st = self.run, self.stage
+        M = run.opts.micro_batches
         st.seed_dropout(epoch)                          # as the centralized trainer: one key per epoch
-        perm = epoch_permutation(run.ds.num_train, seed=tr.seed, epoch=epoch)
         sums = np.zeros(3, dtype=np.float64)
         eng = self.engine
         busy_v, busy_w = eng.busy_v, eng.busy_w
         start_v, start_w = run.t.clock if eng.virtual else 0, time.time()
-        for i in range(run.steps):
-            idx = perm[i * B:(i + 1) * B]
+        for i, idx, lr in run.batches(epoch):
             m = micro_batches(len(idx), M)
-            self.opt.lr = run.lr_at(epoch + i / run.steps)
+            self.opt.lr = lr
             xb = gather_batch(run.x_train, idx, self.xbuf) if st.is_first else None
             eng.events = [] if self.done_steps == 0 and run.opts.schedule_plot else None
             step = self.done_steps + 1

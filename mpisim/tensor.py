@@ -44,7 +44,6 @@ import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
 from .comm.costs import allreduce_formula, allreduce_traffic
-from .data import epoch_permutation
 from .nn import MLP
 from .nn.device import CPU
 from .nn.layers import BatchNorm1d, Dropout, Layer, LeakyReLU, Linear
@@ -356,14 +355,12 @@ class TensorParallel(Role):
                 + ("s" if len(widths) != 1 else "") + f" of B x d per step, d = {', '.join(map(str, widths)) or '-'}")
 
     def epoch(self, epoch: int) -> dict | None:
-        run, tr, core, opt = self.run, self.run.train, self.core, self.opt
-        B, steps, y_train = tr.batch_size, run.steps, run.ds.y_train
+        run, core, opt = self.run, self.core, self.opt
+        y_train = run.ds.y_train
         run.model.seed_dropout(epoch)                   # the centralized trainer's masks, on every rank
-        perm = epoch_permutation(run.ds.num_train, seed=tr.seed, epoch=epoch)
         sums = np.zeros(3, dtype=np.float64)            # loss sum, correct, seen (rank 0 only: all ranks agree)
-        for i in range(steps):
-            batch = perm[i * B:(i + 1) * B]
-            opt.lr = run.lr_at(epoch + i / steps)
+        for i, batch, lr in run.batches(epoch):
+            opt.lr = lr
             xb = gather_batch(run.x_train, batch, self.xbuf)
             run.maybe_fail(self.done_steps + 1, xb)
             with np.errstate(all="ignore"):          # a diverging run is caught just below

@@ -55,7 +55,6 @@ from .comm import allgather, allreduce, gather, reduce_scatter
 from .comm.allgather import ALLGATHER_LONG_MSG, ALLGATHER_SHORT_MSG
 from .comm.costs import allreduce_formula, allreduce_traffic, traffic
 from .comm.reduce_scatter import REDSCAT_LONG_MSG
-from .data import epoch_permutation
 from .nn import Linear
 from .train import gather_batch
 from .train.distributed import Formula, Meter
@@ -468,17 +467,14 @@ class ZeroRank(Role):
         return [dict(zip(KINDS, map(int, r[:len(KINDS)]))) for r in got]
 
     def epoch(self, epoch: int) -> dict | None:
-        run, tr, r, N, z = self.run, self.run.train, self.run.rank, self.run.size, self.zero
-        B, steps = tr.batch_size, run.steps
+        run, r, N, z = self.run, self.run.rank, self.run.size, self.zero
         run.model.seed_dropout(epoch, r)
-        perm = epoch_permutation(run.ds.num_train, seed=tr.seed, epoch=epoch)
         sums = np.zeros(3, dtype=np.float64)            # loss sum, correct, seen (this rank)
-        for i in range(steps):
-            batch = perm[i * B:(i + 1) * B]
+        for i, batch, lr in run.batches(epoch):
             mine = batch[r::N]
             xb = gather_batch(run.x_train, mine, self.xbuf)
             run.maybe_fail(z.steps + 1, xb)
-            loss, c = z.step(xb, run.ds.y_train[mine], scale=1.0 / len(batch), lr=run.lr_at(epoch + i / steps),
+            loss, c = z.step(xb, run.ds.y_train[mine], scale=1.0 / len(batch), lr=lr,
                              where=f"at epoch {epoch + 1}, step {i + 1}")
             sums += (loss * len(mine), c, len(mine))
         tot = run.totals(sums)                          # the epoch's loss, accuracy and ledger, over all ranks

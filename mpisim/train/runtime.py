@@ -315,6 +315,14 @@ class Run:
                 "payload_messages": int(tot[3]), "payload_bytes": int(tot[4]),
                 "compute_s": tot[5] / self.size, "comm_s": tot[6] / self.size, "seconds": seconds}
 
+    def batches(self, epoch: int):
+        """The epoch's global batches, the same on every rank (one seeded permutation of the training set):
+        yields (step i, the batch's example indices, the learning rate of step i)."""
+        B = self.train.batch_size
+        perm = epoch_permutation(self.ds.num_train, seed=self.train.seed, epoch=epoch)
+        for i in range(self.steps):
+            yield i, perm[i * B:(i + 1) * B], self.lr_at(epoch + i / self.steps)
+
     def check_finite(self, loss: float, where: str) -> None:
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} {where}: lower --lr")
