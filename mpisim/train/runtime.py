@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..comm import allreduce
+from ..comm.network import TICK
 from ..data import epoch_permutation
 from .checkpoint import CheckpointError
 from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, UsageError,
@@ -310,10 +311,13 @@ class Run:
     def figures(self, tot: np.ndarray, lr: float) -> dict:
         """The record's usual figures from :meth:`totals`' vector (or one of the same layout)."""
         seconds = self.elapsed()
-        return {"loss": tot[0] / max(tot[2], 1), "train_acc": tot[1] / max(tot[2], 1), "lr": lr,
-                "samples_per_s": tot[2] / seconds if seconds > 0 else None,
-                "payload_messages": int(tot[3]), "payload_bytes": int(tot[4]),
-                "compute_s": tot[5] / self.size, "comm_s": tot[6] / self.size, "seconds": seconds}
+        out = {"loss": tot[0] / max(tot[2], 1), "train_acc": tot[1] / max(tot[2], 1), "lr": lr,
+               "samples_per_s": tot[2] / seconds if seconds > 0 else None,
+               "payload_messages": int(tot[3]), "payload_bytes": int(tot[4]),
+               "compute_s": tot[5] / self.size, "comm_s": tot[6] / self.size, "seconds": seconds}
+        if getattr(self.t, "network", None) is not None:     # --network: the run's virtual time so far (rank 0's
+            out["virtual_s"] = self.t.clock * TICK          # clock, just after the epoch's closing allreduce)
+        return out
 
     def batches(self, epoch: int):
         """The epoch's global batches, the same on every rank (one seeded permutation of the training set):
