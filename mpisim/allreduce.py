@@ -12,9 +12,16 @@ B not a multiple of N): the test suite checks it in float64.
 its layers, while the earlier layers are still being differentiated (Li et al. 2020, "PyTorch
 Distributed: Experiences on Accelerating Data Parallel Training").
 
+``--compress SCHEME`` sends each bucket compressed (:mod:`mpisim.train.compress`: fp16, bf16, topk:RATIO,
+randomk:RATIO, signsgd, powersgd:RANK), as DDP's communication hooks do; ``--error-feedback`` keeps what a
+biased scheme leaves out and adds it to the next step's gradient (Seide et al. 2014). The closing table
+checks the scheme's closed form, and each epoch's record has ``compression``: the bytes the plain allreduce
+would have sent over the bytes sent.
+
     python -m mpisim.allreduce --sim 4                                 # 4 simulated ranks, digits
     mpiexec -n 2 python -m mpisim.allreduce --algorithm ring --bucket-mb 0.25 --overlap
     mpiexec -n 2 python -m mpisim.allreduce --algorithm mpi            # MPI's own Allreduce, the baseline
+    python -m mpisim.allreduce --sim 4 --compress topk:0.01 --error-feedback
 """
 from __future__ import annotations
 
@@ -28,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
-from .comm.costs import allreduce_formula, allreduce_traffic
+from .comm.costs import allreduce_traffic
 from .nn import BatchNorm1d
 from .train import gather_batch
+from .train.compress import add_compress_args, check_compress_args, make_compressor, sub_layout
 from .train.distributed import Formula, Meter, under_mpiexec
 from .train.runtime import Paradigm, Payload, Role, Run
 
@@ -43,6 +51,8 @@ class Options:
     bucket_mb: float = 0.0         # gradient bucket size in MiB, whole layers each; 0: one bucket
     overlap: bool = False          # allreduce each bucket on a communication thread during backward
     sync_bn: bool = False          # BatchNorm statistics over the global batch
+    compress: str = "none"         # a scheme of mpisim.train.compress: fp16, topk:0.01, powersgd:2, ...
+    error_feedback: bool = False   # keep what the scheme leaves out, add it to the next step's gradient
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -54,9 +64,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overlap", action="store_true",
                    help="allreduce each bucket on a communication thread while backward goes on")
     g.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over the global batch (allreduced)")
+    add_compress_args(g, "the gradient")
 
 
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
+    check_compress_args(p, train, o)
     if not o.bucket_mb >= 0 or o.bucket_mb == float("inf"):
         p.error(f"--bucket-mb must be a finite number >= 0, got {o.bucket_mb}")
     if o.sync_bn and not train.batchnorm:
@@ -138,11 +150,15 @@ class CommThread:
 
 
 class GradientSync:
-    """Sums the flat gradient over the ranks, bucket by bucket, optionally overlapped with backward."""
+    """Sums the flat gradient over the ranks, bucket by bucket, optionally overlapped with backward, and
+    optionally compressed (one compressor; each bucket its own state, under the bucket's index)."""
 
     def __init__(self, t, model, meter: Meter, o: Options) -> None:
         self.t, self.model, self.meter, self.alg = t, model, meter, o.algorithm
         self.buckets = plan_buckets(model, o.bucket_mb * 2**20)
+        self.comp = make_compressor(getattr(o, "compress", "none"), error_feedback=getattr(o, "error_feedback", False),
+                                    seed=model.seed, layout=model.slices)
+        self.layouts = [sub_layout(model.slices, lo, hi) for lo, hi, _ in self.buckets]   # each bucket's matrices
         self.thread = CommThread() if o.overlap and t.size > 1 else None
         self.sent = 0
         self.where = ""
@@ -152,6 +168,7 @@ class GradientSync:
                     layer.sum_across = self.sum_bn_stats
 
     def _sum(self, a: np.ndarray, category: str) -> None:
+        """An uncompressed sum (BatchNorm's statistics)."""
         with self.meter.comm(category):
             if self.alg == "mpi":
                 self.t.native_allreduce(a, a)
@@ -170,10 +187,23 @@ class GradientSync:
         g = self.model.grads[lo:hi]
         if not np.isfinite(g).all():
             raise FloatingPointError(f"non-finite gradient {self.where}: lower --lr")
+
+        def job():
+            self.comp.allreduce(self.t, g, key=b, algorithm=self.alg, meter=self.meter, layout=self.layouts[b])
         if self.thread is None:
-            self._sum(g, "payload")
+            job()
         else:
-            self.thread.submit(lambda: self._sum(g, "payload"))
+            self.thread.submit(job)
+
+    def traffic(self, N: int) -> tuple[tuple[int, int], int]:
+        """((messages, bytes) all ranks send in one step, compressed; bytes the plain allreduce would send)."""
+        w, per, plain = self.model.params.itemsize, [0, 0], 0
+        for (lo, hi, _), layout in zip(self.buckets, self.layouts):
+            m, b = self.comp.traffic(hi - lo, N, layout, algorithm=self.alg, itemsize=w)
+            per[0] += m
+            per[1] += b
+            plain += allreduce_traffic(self.alg, hi - lo, w, N)[1]
+        return (per[0], per[1]), plain
 
     def hook(self, layer: int) -> None:
         """Called by backward after layer ``layer``: send every bucket that is now complete."""
@@ -211,12 +241,22 @@ class DataParallel(Role):
                              dtype=run.model.dtype)
         self.done_steps = 0
         self.title = f"allreduce SGD, {N} ranks, {run.ds.name}, {run.model.describe()}"
+        comp = self.sync.comp
+        if comp.name == "none":
+            compression = ""
+        else:
+            compression = f"; compression {comp.describe()}"
+            if N > 1:
+                (_, sent), plain = self.sync.traffic(N)
+                compression += f", {plain / sent:.3g}x fewer payload bytes than the plain allreduce"
+            if run.state.start_epoch and comp.stateful:
+                compression += " (its state, not checkpointed, starts afresh on this resume)"
         run.say(f"allreduce: {N} rank{'s' if N > 1 else ''} ({run.where()}), {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
                 f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; allreduce {o.algorithm}, "
                 f"{len(self.sync.buckets)} bucket{'s' if len(self.sync.buckets) > 1 else ''}"
                 + (", overlapped" if self.sync.thread else "") + (", sync BN" if o.sync_bn else "")
-                + run.resuming())
+                + compression + run.resuming())
         if tr.batch_size < N:
             run.say(f"note: global batch {tr.batch_size} < {N} ranks: some ranks get no examples per step")
 
@@ -224,6 +264,7 @@ class DataParallel(Role):
         run, tr, r, N = self.run, self.run.train, self.run.rank, self.run.size
         run.model.seed_dropout(epoch, r)
         sums = np.zeros(3, dtype=np.float64)            # loss sum, correct, seen (this rank)
+        steps_before = self.done_steps
         for i, batch, lr in run.batches(epoch):
             if tr.batchnorm and (len(batch) if run.opts.sync_bn else len(batch) // N) < 2:
                 continue                                # BatchNorm cannot train on one example
@@ -238,22 +279,32 @@ class DataParallel(Role):
             sums += (loss * len(mine), c, len(mine))
             self.done_steps += 1
         tot = run.totals(sums)                          # the epoch's loss, accuracy and ledger, over all ranks
-        return run.figures(tot, run.opt.lr) if r == 0 else None
+        if r != 0:
+            return None
+        figures = run.figures(tot, run.opt.lr)
+        if run.opts.algorithm != "mpi":                 # bytes the plain allreduce would have sent / sent
+            plain = (self.done_steps - steps_before) * self.sync.traffic(N)[1]
+            figures["compression"] = plain / tot[4] if tot[4] else None
+        return figures
 
     def payload(self) -> Payload:
         """S steps of one allreduce per bucket: the measured traffic next to the closed form."""
-        run, alg, N = self.run, self.run.opts.algorithm, self.run.size
+        run, alg, N, comp = self.run, self.run.opts.algorithm, self.run.size, self.sync.comp
         P, w, S = run.model.num_params, run.model.params.itemsize, self.done_steps
         formula = None
         if alg != "mpi":
-            per = [allreduce_traffic(alg, hi - lo, w, N) for lo, hi, _ in self.sync.buckets]
-            m, b = sum(x[0] for x in per) * S, sum(x[1] for x in per) * S
-            formula = Formula(f"S·{allreduce_formula(alg, P, w, N, n='b·P')}", m, b, m, b)
+            (m, b), _ = self.sync.traffic(N)
+            text = comp.formula(P, N, run.model.slices, algorithm=alg, itemsize=w)
+            formula = Formula(f"S·({text})" if comp.name != "none" else f"S·{text}", m * S, b * S, m * S, b * S)
         legend = (f"communication in this run: P = {P:,} parameters, b = {w} bytes, N = {N} ranks, S = {S} "
                   f"steps, {len(self.sync.buckets)} bucket(s), algorithm {alg}"
-                  + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)" if alg == "auto" else "")
+                  + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)"
+                     if alg == "auto" and comp.name == "none" else "")
                   + ("; MPI's own Allreduce: its messages are invisible to mpisim, only its time is counted"
-                     if alg == "mpi" else ""))
+                     if alg == "mpi" else "")
+                  + (f"; compression {comp.describe()} ({comp.scheme.sends}"
+                     + ("; the formula shown for one vector of P, its value summed over the buckets"
+                        if len(self.sync.buckets) > 1 else "") + ")" if comp.name != "none" else ""))
         cats = ("payload", "bn-sync", "control") if run.opts.sync_bn else ("payload", "control")
         return Payload({"rank": list(range(N))}, {"rank": formula}, legend, cats)
 

@@ -117,3 +117,93 @@ def test_batch_smaller_than_ranks_still_matches():
 def test_defaults():
     o = parse(ar, ["--sim", "2"]).opts
     assert o.algorithm == "auto" and o.bucket_mb == 0 and not o.overlap
+
+
+# ---- --compress ---------------------------------------------------------------------------------------------
+SCHEMES = ["none", "fp16", "bf16", "topk:0.2", "randomk:0.2", "signsgd", "powersgd:2"]
+F32 = [*SMALL, "--dtype", "float32", "--optimizer", "momentum", "--lr", "0.1", "--batch-size", "12"]
+
+
+def every_rank_params(n, argv):
+    """Every rank's parameters after the run (the runtime's loop on each simulated rank)."""
+    from mpisim.comm import run_simulated
+    from mpisim.nn import flush_denormals
+    from mpisim.train.runtime import Run
+    cfg = parse(ar, [*argv, "--sim", n])
+
+    def body(t, c):
+        flush_denormals()
+        run = Run(t, ar.PARADIGM, c)
+        role = ar.DataParallel(run)
+        try:
+            run.loop(role)
+        finally:
+            role.close()
+        return run.model.params.copy()
+    return run_simulated(n, body, cfg)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_compressed_replicas_stay_bit_identical(scheme):
+    """2 epochs of 4 steps on 3 ranks, buckets of one layer each, overlapped: every rank ends with the same bits."""
+    ef = ["--error-feedback"] if scheme in ("topk:0.2", "signsgd") else []
+    params = every_rank_params(3, [*F32, "--epochs", "2", "--compress", scheme, *ef, "--bucket-mb", "0.0001",
+                                   "--overlap"])
+    for p in params[1:]:
+        np.testing.assert_array_equal(p, params[0])
+    assert np.isfinite(params[0]).all()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("n, buckets", [(2, "0"), (3, "0.0001")])
+def test_compressed_bytes_equal_the_closed_form_and_the_record_has_the_ratio(scheme, n, buckets, tmp_path):
+    from mpisim.train.compress import make_compressor, sub_layout
+    metrics = tmp_path / "m.jsonl"
+    got = run_sim(ar, n, [*F32, "--epochs", "2", "--compress", scheme, "--bucket-mb", buckets, "--metrics", metrics])
+    assert got["comm_agrees"] and "matches the formula" in got["summary"]
+    model = got["model"]
+    comp = make_compressor(scheme, layout=model.slices)
+    step_bytes = plain = 0
+    for lo, hi, _ in ar.plan_buckets(model, float(buckets) * 2**20):
+        step_bytes += comp.traffic(hi - lo, n, sub_layout(model.slices, lo, hi))[1]
+        plain += allreduce_traffic("auto", hi - lo, 4, n)[1]
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)                      # 40 examples in batches of 12: 4 steps per epoch
+        assert r["payload_bytes"] == 4 * step_bytes
+        assert r["compression"] == pytest.approx(plain / step_bytes)
+        assert (r["compression"] > 1) == (scheme != "none")      # topk:0.2 on 3 ranks: only 1.4x (indices, N copies)
+
+
+def test_compression_in_float64_and_with_named_algorithms_agrees():
+    for extra in (["--compress", "fp16"], ["--compress", "powersgd:1", "--algorithm", "ring"],
+                  ["--compress", "topk:0.5", "--algorithm", "recursive_doubling", "--error-feedback"]):
+        got = run_sim(ar, 3, [*SMALL, *OPT, *extra])
+        assert got["comm_agrees"], extra
+        assert np.isfinite(got["model"].params).all()
+
+
+def test_the_header_names_the_scheme(capsys):
+    assert ar.main(["--sim", "2", "--epochs", "1", "--compress", "topk:0.01", "--error-feedback"]) == 0
+    out = capsys.readouterr().out
+    assert "compression topk:0.01 with error feedback, 49.8x fewer payload bytes" in out
+    assert "S·((N-1)·N·8k, k = ⌈0.01·P⌉)" in out and "matches the formula" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compress", "gzip"], "unknown compression scheme 'gzip'"),
+    (["--compress", "topk:0"], "RATIO must be in (0, 1], got 0"),
+    (["--compress", "randomk:1.5"], "RATIO must be in (0, 1], got 1.5"),
+    (["--compress", "powersgd:0"], "RANK must be an integer >= 1"),
+    (["--compress", "powersgd:11"], "use a rank of at most 10"),           # digits 64-128-64-10: W 64x10
+    (["--compress", "powersgd:7", *SMALL], "use a rank of at most 6"),      # 8-6-10
+    (["--compress", "fp16", "--algorithm", "mpi"], "cannot carry a compressed gradient"),
+    (["--error-feedback"], "--error-feedback keeps what a compression leaves out: it needs --compress"),
+    (["--compress", "topk:0.1", "--algorithm", "tree"], "algorithm 'tree'"),
+    (["--compress", "fp16", "--algorithm", "rabenseifner"], "its own 16-bit ring"),
+])
+def test_compression_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ar.main(["--sim", "2", *map(str, argv)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
