@@ -38,6 +38,7 @@ from .comm._common import block_offsets
 from .data import distributed_indices, epoch_permutation
 from .nn import make_optimizer
 from .train import gather_batch
+from .train.compress import SCHEMES, add_compress_args, check_compress_args, make_compressor
 from .train.distributed import Formula
 from .train.runtime import Paradigm, Payload, Role, Run, fault_on_server
 
@@ -53,6 +54,8 @@ class Options:
     mode: str = "sync"                        # sync | async | ssp
     staleness: int = 2                        # ssp: steps a worker may run ahead of the slowest
     straggler: tuple[int, float] | None = None   # (worker rank, slow-down factor)
+    compress: str = "none"                    # a scheme of mpisim.train.compress for the pushes
+    error_feedback: bool = False              # keep what the scheme leaves out of a push, send it with the next
 
 
 def _straggler(text: str) -> tuple[int, float]:
@@ -74,6 +77,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="ssp: how many steps a worker may run ahead of the slowest (default 2; 0 = sync)")
     g.add_argument("--straggler", type=_straggler, default=None, metavar="RANK:FACTOR",
                    help="make worker RANK FACTOR times slower, e.g. 3:4")
+    add_compress_args(g, "each push (a worker's gradient shard)",
+                      schemes=[s.name for s in SCHEMES.values() if s.point_to_point])
 
 
 def check(p: argparse.ArgumentParser, train, o: Options) -> Options:
@@ -81,6 +86,7 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> Options:
         p.error(f"--servers must be at least 1, got {o.servers}")
     if o.staleness < 0:
         p.error(f"--staleness must be >= 0, got {o.staleness}")
+    check_compress_args(p, train, o, point_to_point=True)
     if o.mode == "ssp" and o.staleness == 0:
         return replace(o, mode="sync")           # s = 0 is bulk synchronous, by definition: run it
     return o
@@ -117,9 +123,23 @@ class Server:
         self.opt.load_state_dict({k: (v if k == "steps" else v[self.lo:self.hi]) for k, v in state.items()})
         self.staleness: list[list[int]] = [[] for _ in range(W)]
         self.pushes = np.zeros(W, dtype=np.int64)
+        self.comp = make_compressor(self.opts.compress)
+        n = self.hi - self.lo                                     # --compress: a push is a payload of bytes
+        self.wire = None if self.comp.name == "none" else np.empty(self.comp.payload_bytes(n), dtype=np.uint8)
 
     def worker_rank(self, w: int) -> int:
         return self.S + w
+
+    def receive(self, out: np.ndarray, source: int, tag: int):
+        """A push into ``out`` (decoded, with --compress); returns the receive's Status."""
+        if self.wire is None:
+            with self.meter.comm("payload"):
+                return self.t.recv(out, source, tag)
+        with self.meter.comm("payload"):
+            st = self.t.recv(self.wire, source, tag)
+        with self.meter.computing():
+            out[...] = self.comp.decode(self.wire, out.size)
+        return st
 
     def pull(self, w: int) -> None:
         with self.meter.comm("payload"):
@@ -137,8 +157,7 @@ class Server:
             for w in range(self.W):
                 self.pull(w)
             for w in range(self.W):                                   # fixed order: a deterministic sum
-                with self.meter.comm("payload"):
-                    self.t.recv(self.incoming[w], self.worker_rank(w), TAG_PUSH)
+                self.receive(self.incoming[w], self.worker_rank(w), TAG_PUSH)
                 self.staleness[w].append(0)
             with self.meter.computing():
                 np.sum(self.incoming, axis=0, out=self.grad)
@@ -160,8 +179,7 @@ class Server:
             self.pull(w)
         applied = 0
         while not done.all():
-            with self.meter.comm("payload"):
-                st = self.t.recv(self.grad, ANY_SOURCE, TAG_PUSH if lead else ANY_TAG)
+            st = self.receive(self.grad, ANY_SOURCE, TAG_PUSH if lead else ANY_TAG)
             w = st.source - self.S                            # (workers check their gradients before pushing)
             self.apply(self.grad, self.lr_at(epoch + applied / budget))
             applied += 1
@@ -213,6 +231,7 @@ class Worker:
         self.slow = straggler[1] if straggler and straggler[0] == run.rank else 1.0
         self.stream = np.zeros(0, dtype=np.int64)              # async: what is left of this worker's share
         self.stream_epoch = -1
+        self.comp = make_compressor(run.opts.compress, error_feedback=run.opts.error_feedback, seed=run.train.seed)
 
     def shards(self, vec: np.ndarray):
         return [(j, vec[self.offs[j]:self.offs[j + 1]]) for j in range(self.S)]
@@ -242,8 +261,12 @@ class Worker:
         self.meter.compute += spent
 
     def push(self, j: int, tag: int) -> None:
+        shard = self.model.grads[self.offs[j]:self.offs[j + 1]]
+        if self.comp.name != "none":
+            with self.meter.computing():
+                shard = self.comp.encode(shard, key=j, rank=self.t.rank)
         with self.meter.comm("payload"):
-            self.t.send(self.model.grads[self.offs[j]:self.offs[j + 1]], j, tag)
+            self.t.send(shard, j, tag)
 
     def sync_epoch(self, epoch: int, steps: int) -> None:
         n, B = self.ds.num_train, self.B
@@ -375,11 +398,19 @@ class ParameterServer(Role):
         W, P, b = N - S, run.model.num_params, run.model.params.itemsize
         U = run.steps * W * run.epochs_run
         msgs, nbytes = U * S, U * P * b
-        formulas = {"server": Formula("S·W·b·P (S steps, W = N - servers workers)", msgs, nbytes, msgs, nbytes),
-                    "worker": Formula("S·W·b·P", msgs, nbytes, msgs, nbytes)}
+        comp = self.part.comp
+        if comp.name == "none":
+            pushed, push_text = nbytes, "S·W·b·P"
+        else:                                       # each push to server j is a payload of its shard's size
+            pushed = U * sum(comp.payload_bytes(hi - lo) for lo, hi in zip(self.offs[:-1], self.offs[1:]))
+            push_text = f"S·W·Σ_j payload({comp.spec}, P_j)"
+        formulas = {"server": Formula(f"S·W·b·P pulls (S steps, W = N - servers workers); pushes {push_text}",
+                                      msgs, nbytes, msgs, pushed),
+                    "worker": Formula(push_text, msgs, pushed, msgs, nbytes)}
         legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks ({S} server(s), "
                   f"W = {W} workers), S = {run.steps * run.epochs_run} steps (sync-equivalent; U = S·W = {U:,} "
-                  f"pushes), mode {run.opts.mode}. Payload: pushes and pulls, each split into one message per server")
+                  f"pushes), mode {run.opts.mode}. Payload: pushes and pulls, each split into one message per server"
+                  + ("" if comp.name == "none" else f"; pushes compressed: {comp.describe()}, pulls whole"))
         return Payload({"server": list(range(S)), "worker": list(range(S, N))}, formulas, legend)
 
 

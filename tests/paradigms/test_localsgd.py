@@ -72,3 +72,38 @@ def test_another_paradigms_checkpoint_is_refused_by_name(tmp_path, capsys):
                         "--resume"]) == 1
     assert "is a checkpoint of python -m mpisim.localsgd, not of mpisim.gossip" in capsys.readouterr().err
 
+
+
+F32 = [a if a != "float64" else "float32" for a in SMALL]     # the compressors work in float32
+
+
+@pytest.mark.parametrize("scheme", ["fp16", "bf16", "topk:0.3 --error-feedback", "randomk:0.5", "powersgd:1",
+                                    "signsgd --error-feedback"])
+def test_compressed_averages_keep_the_replicas_identical_and_match_their_formula(scheme, tmp_path):
+    from mpisim.train import load_checkpoint
+    got = run_sim(ls, 3, [*F32, *SGD, "--sync-every", "2", "--compress", *scheme.split(),
+                          "--checkpoint", tmp_path / "ck"])
+    assert got["comm_agrees"]
+    arrays, _ = load_checkpoint(tmp_path / "ck")                    # every rank's own parameters
+    for r in (1, 2):
+        np.testing.assert_array_equal(arrays["rank0.params"], arrays[f"rank{r}.params"])
+
+
+def test_compressing_everything_exactly_is_the_plain_average():
+    plain = run_sim(ls, 3, [*F32, *SGD, "--sync-every", "2"])["model"].params
+    exact = run_sim(ls, 3, [*F32, *SGD, "--sync-every", "2", "--compress", "topk:1"])["model"].params
+    np.testing.assert_allclose(exact, plain, rtol=1e-5, atol=1e-6)   # anchor + mean change = mean, to rounding
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compress", "topk:1.5"], "--compress"),
+    (["--error-feedback"], "--error-feedback keeps what a compression leaves out"),
+    (["--compress", "powersgd:999"], "--compress powersgd:999"),
+    (["--compress", "zip"], "--compress"),
+])
+def test_compression_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        ls.main(["--sim", "2", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1

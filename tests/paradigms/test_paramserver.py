@@ -83,3 +83,30 @@ def test_a_diverging_worker_stops_the_run_naming_rank(capsys):
     assert ps.main(["--sim", "3", "--epochs", "1", "--quiet", "--inject-fault", "2:4:nan"]) == 1
     err = capsys.readouterr().err
     assert "rank 2 of 3" in err and "step 4" in err
+
+
+F32 = [a if a != "float64" else "float32" for a in SMALL]     # the compressors work in float32
+
+
+def test_pushes_compressed_exactly_change_nothing_and_fp16_pushes_half_the_bytes():
+    plain = run_sim(ps, 3, [*F32, *OPT, "--servers", "2"])
+    exact = run_sim(ps, 3, [*F32, *OPT, "--servers", "2", "--compress", "topk:1"])
+    np.testing.assert_array_equal(exact["model"].params, plain["model"].params)   # the same values, summed alike
+    half = run_sim(ps, 3, [*F32, *OPT, "--servers", "2", "--compress", "fp16"])
+    assert half["comm_agrees"] and exact["comm_agrees"]
+    # the pushes are half the payload; fp16 halves them: 3/4 of the bytes
+    assert 4 * half["payload_bytes"] == 3 * plain["payload_bytes"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("scheme", ["bf16", "randomk:0.5 --error-feedback", "signsgd"])
+def test_every_point_to_point_scheme_matches_its_formula(mode, scheme):
+    got = run_sim(ps, 3, [*F32, *OPT, "--mode", mode, "--compress", *scheme.split()])
+    assert got["comm_agrees"]
+
+
+def test_powersgd_cannot_compress_a_push(capsys):
+    with pytest.raises(SystemExit) as e:
+        ps.main(["--sim", "3", "--compress", "powersgd:2"])
+    assert e.value.code == 2
+    assert "cannot compress a push to a server" in capsys.readouterr().err
