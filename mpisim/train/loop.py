@@ -2,6 +2,10 @@
 
 The runtime (:mod:`mpisim.train.runtime`) builds every paradigm's dataset, model, optimizer and
 schedule with the same ``build_*`` functions and saves and restores with ``save_state``/``restore_state``.
+
+With ``--precision fp16`` the run's optimizer carries the dynamic loss scaler (``opt.loss_scaler``, a
+:class:`~mpisim.nn.precision.LossScaler`; None otherwise), as apex's FP16_Optimizer wraps one: the scaler
+decides whether the optimizer steps, and its state is saved and resumed with the optimizer's.
 """
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ import numpy as np
 from ..data import Dataset, load_dataset
 from ..nn import MLP, Optimizer, make_optimizer, make_schedule
 from ..nn.device import make_device
+from ..nn.precision import LossScaler
 from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from .options import TrainOptions
 
 __all__ = ["build_dataset", "build_model", "build_optimizer", "build_schedule", "restore_state",
-           "save_state", "RunState", "gather_batch", "data_fingerprint"]
+           "save_state", "RunState", "gather_batch", "data_fingerprint", "activation_memory", "activation_text",
+           "loss_scaling_figures", "loss_scaling_note"]
 
 
 def build_dataset(args: TrainOptions) -> Dataset:
@@ -31,15 +37,19 @@ def build_dataset(args: TrainOptions) -> Dataset:
 def build_model(args: TrainOptions, ds: Dataset) -> MLP:
     return MLP([ds.num_features, *args.hidden, ds.num_classes], activation=args.activation,
                dropout=args.dropout, batchnorm=args.batchnorm, init=args.init, dtype=args.dtype, seed=args.seed,
-               device=make_device(args.device, matmul_backend=args.matmul_backend))
+               device=make_device(args.device, matmul_backend=args.matmul_backend), precision=args.precision)
 
 
 def build_optimizer(args: TrainOptions, model: MLP | None, params: np.ndarray | None = None,
                     grads: np.ndarray | None = None) -> Optimizer:
-    """The optimizer the options name, over the model's vectors (or over ``params`` and ``grads``: a part)."""
-    return make_optimizer(args.optimizer, model.params if params is None else params,
-                          model.grads if grads is None else grads, lr=args.lr,
-                          weight_decay=args.weight_decay, momentum=args.momentum)
+    """The optimizer the options name, over the model's vectors (or over ``params`` and ``grads``: a part).
+    ``opt.loss_scaler``: with ``--precision fp16`` the run's loss scaler (for the whole model's optimizer;
+    a part's gets None), else None."""
+    opt = make_optimizer(args.optimizer, model.params if params is None else params,
+                         model.grads if grads is None else grads, lr=args.lr,
+                         weight_decay=args.weight_decay, momentum=args.momentum)
+    opt.loss_scaler = LossScaler() if args.precision == "fp16" and model is not None and params is None else None
+    return opt
 
 
 def build_schedule(args: TrainOptions) -> Callable[[float], float]:
@@ -59,10 +69,13 @@ class RunState:
 
 def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, epochs: int, config: dict,
                history: list[dict], per_rank: dict | None = None) -> None:
-    """Checkpoint after ``epoch`` of ``epochs`` epochs: parameters, BatchNorm buffers, optimizer state,
-    the run's options and the metrics so far; ``per_rank`` adds each rank's own arrays (``rank{r}.NAME``)."""
+    """Checkpoint after ``epoch`` of ``epochs`` epochs: parameters, BatchNorm buffers, optimizer state (and
+    its loss scaler's, ``scaler.NAME``), the run's options and the metrics so far; ``per_rank`` adds each
+    rank's own arrays (``rank{r}.NAME``)."""
+    scaler = getattr(opt, "loss_scaler", None)
     arrays = {"params": model.params, "buffers": model.buffers,
-              **{f"opt.{k}": v for k, v in opt.state_dict().items()}, **(per_rank or {})}
+              **{f"opt.{k}": v for k, v in opt.state_dict().items()},
+              **({f"scaler.{k}": v for k, v in scaler.state_dict().items()} if scaler else {}), **(per_rank or {})}
     save_checkpoint(directory, arrays, {"epoch": epoch, "epochs": epochs, "config": config, "history": history,
                                         "model": model.config(), "optimizer": opt.name})
 
@@ -85,7 +98,7 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
     arrays, meta = load_checkpoint(args.checkpoint)
     if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0 or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{where}: the metadata has no valid epoch and run options (a file from another tool?)")
-    saved = meta["config"]
+    saved = {"precision": "fp32", **meta["config"]}     # checkpoints from before --precision were fp32
     old_epochs = meta.get("epochs")
     if saved.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
         raise CheckpointError(f"{where} was a run of {old_epochs} epochs with the cosine learning-rate schedule, whose learning "
@@ -106,8 +119,11 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
             got = "nothing" if a is None else f"{a.shape} {a.dtype}"
             raise CheckpointError(f"{where}: {name} should be {target.shape} {target.dtype}, found {got}")
         target[...] = a
+    scaler = getattr(opt, "loss_scaler", None)
     try:
         opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
+        if scaler is not None:
+            scaler.load_state_dict({k[7:]: v for k, v in arrays.items() if k.startswith("scaler.")})
     except ValueError as e:
         raise CheckpointError(f"{where}: {e}") from None
     return RunState(start_epoch=meta["epoch"], history=list(meta.get("history", [])),
@@ -128,3 +144,34 @@ def gather_batch(x: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> np.ndarray:
     """Rows ``idx`` of ``x``, written into the first ``len(idx)`` rows of ``buf`` (allocated once for
     the largest batch): no allocation per step, also for a smaller last batch."""
     return np.take(x, idx, axis=0, out=buf[:len(idx)], mode="clip")   # 'raise' would buffer a copy
+
+
+# -- mixed precision (--precision) ------------------------------------------------------------------------
+def loss_scaling_figures(opt: Optimizer) -> dict:
+    """The record's fp16 loss-scaling figures: the scale now and the steps skipped over the run so far
+    (``{}`` without a loss scaler)."""
+    scaler = getattr(opt, "loss_scaler", None)
+    return {"loss_scale": scaler.scale, "skipped_steps": scaler.skipped} if scaler else {}
+
+
+def loss_scaling_note(record: dict) -> str | None:
+    """The line after an epoch's progress line with fp16 loss scaling (None without)."""
+    if record.get("loss_scale") is None:
+        return None
+    n = record["skipped_steps"]
+    return (f"  fp16 loss scale {record['loss_scale']:g}; {n} step{'' if n == 1 else 's'} skipped so far "
+            f"(gradient overflow)")
+
+
+def activation_memory(model: MLP, batch: int) -> dict:
+    """After a training step of ``batch`` examples: what it keeps for backward, from the formula
+    (``MLP.kept_activations``: values, bytes per precision) and ``measured`` in this model's arrays."""
+    return dict(model.kept_activations(batch), measured=model.stored_activation_bytes())
+
+
+def activation_text(kept: dict, precision: str) -> str:
+    """Two lines on the activation memory of one step, ``kept`` from :func:`activation_memory`."""
+    b = kept["bytes"]
+    return (f"activations kept for backward, one step of batch {kept['batch']}: {kept['formula']}\n"
+            f"  = {b['fp32']:,} B in fp32, {b[precision]:,} B in {precision} (2 bytes a value); measured here "
+            f"{kept['measured']:,} B (the CPU emulation stores float32)")

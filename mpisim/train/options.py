@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
 from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
+from ..nn.precision import PRECISIONS, gpu_half_dtype
 
 __all__ = ["Parser", "add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
            "TrainOptions", "options_from"]
@@ -138,6 +139,12 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--init", choices=["auto", *INITIALIZERS], default="auto",
                    help="weight initializer (auto: He for ReLU-like, Xavier for tanh/sigmoid)")
     g.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="(default float32)")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp16 or bf16: mixed-precision training (Micikevicius et al. 2018): float32 master weights, "
+                        "half-precision compute, dynamic loss scaling for fp16 (bf16 has float32's range and needs "
+                        "none). On the CPU an EMULATION: float32 arithmetic with every layer's inputs, weights, "
+                        "outputs and gradients rounded to the half format; with --device cuda real fp16 GEMMs "
+                        "(default fp32)")
     g.add_argument("--device", choices=DEVICES, default="cpu",
                    help="cuda: layers on a GPU with CuPy, parameters uploaded and the gradient downloaded "
                         "every step (needs pip install -e '.[gpu]'; default cpu)")
@@ -189,9 +196,21 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.device == "cpu" and args.matmul_backend != "auto":
         p.error("--matmul-backend is for --device cuda (on the CPU the MLP multiplies with BLAS)")
     try:
-        make_device(args.device, matmul_backend=args.matmul_backend)
+        device = make_device(args.device, matmul_backend=args.matmul_backend)
     except DeviceUnavailable as e:
         p.error(str(e))
+    if args.precision != "fp32":
+        if args.dtype != "float32":
+            p.error(f"--precision {args.precision} keeps float32 master weights and computes in half precision: "
+                    f"it needs --dtype float32 (the default), not {args.dtype}")
+        if args.device == "cuda":
+            if args.matmul_backend not in ("auto", "cublas"):
+                p.error(f"--precision {args.precision} on the GPU multiplies with cuBLAS's half GEMM; "
+                        f"--matmul-backend {args.matmul_backend} is float32/float64 only")
+            try:
+                gpu_half_dtype(args.precision, device.xp)
+            except ValueError as e:
+                p.error(str(e))
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         p.error("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
     if not 0 < args.gamma <= 1:
@@ -256,6 +275,7 @@ class TrainOptions:
     batchnorm: bool = False
     init: str = "auto"
     dtype: str = "float32"
+    precision: str = "fp32"        # fp16 | bf16: mixed precision (emulated on the CPU)
     device: str = "cpu"
     matmul_backend: str = "auto"
     # optimization
