@@ -34,12 +34,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
+from .comm import ALLREDUCE_ALGORITHMS, allreduce, bcast, choose_allreduce
 from .comm.costs import allreduce_traffic
 from .nn import BatchNorm1d
 from .train import gather_batch
 from .train.compress import add_compress_args, check_compress_args, make_compressor, sub_layout
 from .train.distributed import Formula, Meter, under_mpiexec
+from .train.loop import loss_scaling_figures, loss_scaling_note
 from .train.runtime import Paradigm, Payload, Role, Run
 
 ALGORITHMS = (*ALLREDUCE_ALGORITHMS, "mpi")
@@ -69,6 +70,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     check_compress_args(p, train, o)
+    if train.precision == "fp16" and (o.error_feedback or o.compress.split(":")[0] in ("powersgd", "signsgd")):
+        p.error(f"--precision fp16 skips the steps whose scaled gradient overflowed, but --compress {o.compress}"
+                f"{' --error-feedback' if o.error_feedback else ''} would keep the overflow in its state: use "
+                f"--precision bf16, or a stateless scheme (fp16, bf16, topk, randomk without --error-feedback)")
     if not o.bucket_mb >= 0 or o.bucket_mb == float("inf"):
         p.error(f"--bucket-mb must be a finite number >= 0, got {o.bucket_mb}")
     if o.sync_bn and not train.batchnorm:
@@ -153,8 +158,9 @@ class GradientSync:
     """Sums the flat gradient over the ranks, bucket by bucket, optionally overlapped with backward, and
     optionally compressed (one compressor; each bucket its own state, under the bucket's index)."""
 
-    def __init__(self, t, model, meter: Meter, o: Options) -> None:
+    def __init__(self, t, model, meter: Meter, o: Options, scaler=None) -> None:
         self.t, self.model, self.meter, self.alg = t, model, meter, o.algorithm
+        self.scaler = scaler        # fp16 loss scaling: an overflow goes through the sum and is caught after it
         self.buckets = plan_buckets(model, o.bucket_mb * 2**20)
         self.comp = make_compressor(getattr(o, "compress", "none"), error_feedback=getattr(o, "error_feedback", False),
                                     seed=model.seed, layout=model.slices)
@@ -185,7 +191,7 @@ class GradientSync:
     def _bucket(self, b: int) -> None:
         lo, hi, _ = self.buckets[b]
         g = self.model.grads[lo:hi]
-        if not np.isfinite(g).all():
+        if self.scaler is None and not np.isfinite(g).all():
             raise FloatingPointError(f"non-finite gradient {self.where}: lower --lr")
 
         def job():
@@ -217,7 +223,8 @@ class GradientSync:
         overlap = self.thread is not None
         t0 = time.perf_counter()
         with np.errstate(all="ignore"):
-            loss, correct = model.train_step(xb, yb, scale=scale, hook=self.hook if overlap else None)
+            loss, correct = model.train_step(xb, yb, scale=scale, loss_scale=self.scaler.scale if self.scaler else 1.0,
+                                             hook=self.hook if overlap else None)
         t1 = time.perf_counter()
         self.t.compute(model.train_flops(len(xb)))   # virtual time, with --network ...,compute=RATE
         if not np.isfinite(loss):
@@ -236,7 +243,12 @@ class DataParallel(Role):
     def __init__(self, run: Run) -> None:
         super().__init__(run)
         o, tr, N = run.opts, run.train, run.size
-        self.sync = GradientSync(run.t, run.model, run.meter, o)
+        self.sync = GradientSync(run.t, run.model, run.meter, o, scaler=run.opt.loss_scaler)
+        scaler = run.opt.loss_scaler
+        if scaler is not None and tr.resume:           # rank 0 restored it from the checkpoint; every rank needs it
+            with run.meter.comm("control"):
+                scaler.load_state_dict({k: bcast(run.t, np.atleast_1d(v)).reshape(v.shape)
+                                        for k, v in scaler.state_dict().items()})
         self.xbuf = np.empty((-(-min(tr.batch_size, run.ds.num_train) // N), run.ds.num_features),
                              dtype=run.model.dtype)
         self.done_steps = 0
@@ -275,7 +287,10 @@ class DataParallel(Role):
             loss, c = self.sync.step(run.model, xb, run.ds.y_train[mine], 1.0 / len(batch),
                                      f"at epoch {epoch + 1}, step {i + 1}")
             with run.meter.computing():
-                run.opt.step()
+                scaler = run.opt.loss_scaler            # the same summed gradient on every rank: the same decision
+                where = f"at epoch {epoch + 1}, step {i + 1}"
+                if scaler is None or scaler.unscale_and_check(run.model.grads, where=where):
+                    run.opt.step()
             sums += (loss * len(mine), c, len(mine))
             self.done_steps += 1
         tot = run.totals(sums)                          # the epoch's loss, accuracy and ledger, over all ranks
@@ -285,7 +300,7 @@ class DataParallel(Role):
         if run.opts.algorithm != "mpi":                 # bytes the plain allreduce would have sent / sent
             plain = (self.done_steps - steps_before) * self.sync.traffic(N)[1]
             figures["compression"] = plain / tot[4] if tot[4] else None
-        return figures
+        return {**figures, **loss_scaling_figures(run.opt)}
 
     def payload(self) -> Payload:
         """S steps of one allreduce per bucket: the measured traffic next to the closed form."""
@@ -308,6 +323,9 @@ class DataParallel(Role):
         cats = ("payload", "bn-sync", "control") if run.opts.sync_bn else ("payload", "control")
         return Payload({"rank": list(range(N))}, {"rank": formula}, legend, cats)
 
+    def note(self, record: dict) -> str | None:
+        return loss_scaling_note(record)
+
     def result(self) -> dict:
         return {"steps": self.done_steps}
 
@@ -317,7 +335,7 @@ class DataParallel(Role):
 
 
 PARADIGM = Paradigm(name="allreduce", doc=__doc__, setup=DataParallel, options=Options, add_args=add_args,
-                    check=check,
+                    check=check, mixed_precision=True,
                     description="Data-parallel SGD: the gradient summed by an allreduce (ring, tree, ..., or MPI's own).")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

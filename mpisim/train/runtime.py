@@ -153,6 +153,7 @@ class Paradigm:
     per_rank_state: bool = False                # ranks hold models and optimizers of their own: each
     #                                             rank's are checkpointed, so a resume is exact
     no_batchnorm: str | None = None             # why --batchnorm is refused, if it is
+    mixed_precision: bool = False               # --precision fp16/bf16 (loss scaling) is supported
     unit: str = "epoch"                         # or "round"
     defaults: dict = field(default_factory=dict)   # add_training_args' defaults: epochs, lr, optimizer
     cluster: bool = True                        # False: one process, no cluster options
@@ -194,6 +195,9 @@ class Paradigm:
         train, opts = options_from(TrainOptions, args), options_from(self.options, args)
         if train.batchnorm and self.no_batchnorm:
             p.error(f"--batchnorm is not supported by {self.name}: {self.no_batchnorm}")
+        if train.precision != "fp32" and not self.mixed_precision:
+            p.error(f"--precision {train.precision} is not supported by {self.name}: use fp32 (mixed precision runs in "
+                    f"mpisim.centralized and mpisim.allreduce)")
         if self.check:
             opts = self.check(p, train, opts) or opts
         problem = self.world_problem(train, opts, train.sim) if train.sim else None

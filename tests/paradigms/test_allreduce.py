@@ -207,3 +207,33 @@ def test_compression_usage_errors_are_one_line(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_one_rank_is_the_centralized_trainer(precision):
+    argv = ["--epochs", "2", "--hidden", "16", "--quiet", "--precision", precision]
+    np.testing.assert_array_equal(run_sim(ar, 1, argv)["model"].params, run_centralized(argv).params)
+
+
+def test_mixed_precision_fp16_resume_is_exact_and_the_records_hold_the_scale(tmp_path):
+    argv = ["--epochs", "3", "--hidden", "16", "--quiet", "--precision", "fp16", "--metrics", tmp_path / "m.jsonl"]
+    a = run_sim(ar, 2, [*argv, "--checkpoint", tmp_path / "a"])
+    run_sim(ar, 2, [*argv, "--checkpoint", tmp_path / "b", "--stop-after", "1"])
+    b = run_sim(ar, 2, [*argv, "--checkpoint", tmp_path / "b", "--resume"])
+    np.testing.assert_array_equal(a["model"].params, b["model"].params)
+    assert a["loss_scale"] == 2.0 ** 16 and a["skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("localsgd", ["--precision", "fp16"], "--precision fp16 is not supported by localsgd"),
+    ("allreduce", ["--precision", "fp16", "--compress", "signsgd"], "would keep the overflow in its state"),
+    ("allreduce", ["--precision", "fp16", "--compress", "topk:0.1", "--error-feedback"], "--precision bf16"),
+    ("allreduce", ["--precision", "bf16", "--dtype", "float64"], "--precision"),
+])
+def test_mixed_precision_usage_errors(module, argv, message, capsys):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"mpisim.{module}").main(["--sim", "2", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
