@@ -1,5 +1,6 @@
 """The command-line tools: mpisim.bench under mpiexec, the demo script, python -m mpisim."""
 import csv
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,18 @@ def test_parallelism_tables_quick():
     assert rows and all(r[3] == r[4] for r in rows)                  # formula == equal stages, to 4 digits
     zero_rows = [line for line in res.stdout.splitlines() if line.startswith("| 2 |")]
     assert len(zero_rows) == 4 and all(line.endswith("| yes |") for line in zero_rows)
+
+
+@pytest.mark.timeout(600)
+def test_compression_study_quick(tmp_path):
+    """The study in its small version: a row per scheme with its compression, the precision rows, the plot."""
+    res = subprocess.run([sys.executable, "scripts/compression_study.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=580, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    table = (tmp_path / "table.md").read_text()
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| 2 |")]
+    assert [r[1] for r in rows] == ["none", "fp16", "topk:0.01 +EF", "powersgd:2"]
+    assert rows[0][3] == "1.0x" and rows[1][3] == "2.0x"          # fp16: half the bytes of the plain allreduce
+    precisions = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith(("| fp", "| bf"))]
+    assert precisions == ["fp32", "fp16", "bf16"]
+    assert (tmp_path / "compression.png").read_bytes()[:4] == b"\x89PNG"
