@@ -76,6 +76,21 @@ def test_model_parallel_paradigms_under_mpi_match_the_simulated_run(n, module, a
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("argv", [["--compress", "powersgd:2"], ["--compress", "topk:0.05", "--error-feedback"],
+                                  ["--compress", "fp16", "--precision", "bf16"]])
+def test_compressed_allreduce_under_mpi_matches_the_simulated_run(argv, tmp_path):
+    argv = ["--epochs", "1", "--hidden", "32", "--algorithm", "ring", *argv]
+    res = run_mpi(2, "-m", "mpisim.allreduce", *argv, "--checkpoint", str(tmp_path / "mpi"), timeout=200)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "(MPI)" in res.stdout and "matches the formula" in res.stdout
+    from mpisim import allreduce as ar
+    from mpisim.train import load_checkpoint
+    assert ar.main([*argv, "--quiet", "--sim", "2", "--checkpoint", str(tmp_path / "sim")]) == 0
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "mpi")[0]["params"],
+                                  load_checkpoint(tmp_path / "sim")[0]["params"])
+
+
 @pytest.mark.timeout(120)
 def test_sim_under_mpiexec_is_a_usage_error_said_once():
     res = run_mpi(2, "-m", "mpisim.localsgd", "--sim", "2", "--quiet", timeout=60)
