@@ -70,10 +70,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     check_compress_args(p, train, o)
-    if train.precision == "fp16" and (o.error_feedback or o.compress.split(":")[0] in ("powersgd", "signsgd")):
+    scheme = o.compress.split(":")[0]
+    if train.precision == "fp16" and (o.error_feedback or scheme in ("powersgd", "signsgd", "randomk")):
+        why = {"powersgd": "would keep the overflow in its warm-started Q",
+               "signsgd": "would turn the overflow into an infinite scale, which the other ranks refuse",
+               "randomk": "sends a random few values, so an overflow elsewhere would go unseen and the step "
+                          "would not be skipped"}.get(scheme, "would keep the overflow in its residual")
         p.error(f"--precision fp16 skips the steps whose scaled gradient overflowed, but --compress {o.compress}"
-                f"{' --error-feedback' if o.error_feedback else ''} would keep the overflow in its state: use "
-                f"--precision bf16, or a stateless scheme (fp16, bf16, topk, randomk without --error-feedback)")
+                f"{' --error-feedback' if o.error_feedback else ''} {why}: use --precision bf16, or fp16, bf16 or "
+                f"topk without --error-feedback")
     if not o.bucket_mb >= 0 or o.bucket_mb == float("inf"):
         p.error(f"--bucket-mb must be a finite number >= 0, got {o.bucket_mb}")
     if o.sync_bn and not train.batchnorm:

@@ -9,7 +9,8 @@ price of replicas that drift apart between averages. With plain SGD and H = 1 th
 tests check it in float64). ``--post-local E`` runs H = 1 for the first E epochs and H afterwards (Lin et
 al.'s post-local SGD: average every step while the loss falls fast, then save communication).
 
-Optimizer state (momentum, Adam's moments) stays local; checkpoints hold every rank's, so a resume is exact.
+Optimizer state (momentum, Adam's moments) stays local; checkpoints hold every rank's, so a resume is exact
+(with ``--compress``, unless the scheme keeps state: error feedback, PowerSGD's Q, random-k's draws).
 
 ``--compress SCHEME`` (:mod:`mpisim.train.compress`) sends each rank's change of the parameters since the last
 average, compressed, instead of the parameters: an average is then the last average plus the mean change.
@@ -76,7 +77,9 @@ class LocalSGD(Role):
                 + (f" (every step for the first {o.post_local} epochs)" if o.post_local else "")
                 + f" by allreduce {o.algorithm}"
                 + (f", the change since the last one compressed: {self.comp.describe()}" if self.anchor is not None
-                   else "") + run.resuming())
+                   else "") + run.resuming()
+                + (" (the compression's state is not in the checkpoint: it starts afresh, so this resume is not "
+                   "exact)" if run.state.start_epoch and self.comp.stateful else ""))
 
     def period(self, epoch: int) -> int:
         return 1 if epoch < self.run.opts.post_local else self.run.opts.sync_every

@@ -139,6 +139,9 @@ class Server:
             st = self.t.recv(self.wire, source, tag)
         with self.meter.computing():
             out[...] = self.comp.decode(self.wire, out.size)
+        if not np.isfinite(out).all():          # nothing from a peer is trusted (fp16 overflows to inf, say)
+            raise FloatingPointError(f"server rank {self.t.rank}: the push of rank {st.source} decodes to "
+                                     f"non-finite values (--compress {self.comp.spec}): lower --lr")
         return st
 
     def pull(self, w: int) -> None:
@@ -306,6 +309,13 @@ class Worker:
             self.pull_all()
 
 
+def _afresh(run: Run, comp) -> str:
+    """The header's note on a resume whose compression keeps state the checkpoint does not hold."""
+    if run.state.start_epoch and comp.stateful:
+        return " (the compression's state is not in the checkpoint: it starts afresh, so this resume is not exact)"
+    return ""
+
+
 # -- one rank ----------------------------------------------------------------------------------------------
 class ParameterServer(Role):
     """Ranks 0..S-1 serve a shard each, the others work; at each epoch's end every rank reports to rank 0."""
@@ -324,7 +334,8 @@ class ParameterServer(Role):
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
                 f"(~{tr.batch_size / W:g} per worker), {tr.epochs} epochs"
                 + (f"; worker rank {o.straggler[0]} is {o.straggler[1]:g}x slower" if o.straggler else "")
-                + run.resuming())
+                + (f"; pushes compressed: {o.compress}" if o.compress != "none" else "")
+                + run.resuming() + _afresh(run, self.part.comp))
 
     def epoch(self, epoch: int) -> dict | None:
         part, sync = self.part, self.run.opts.mode == "sync"

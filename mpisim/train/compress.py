@@ -144,6 +144,14 @@ def sub_layout(layout: Sequence[Slice], lo: int, hi: int) -> list[Slice]:
 
 def _ratio_param(text: str) -> Fraction:
     try:
+        approx = float(text)             # first: Fraction('1e-99999999') would build a 10^99999999 integer
+    except ValueError:
+        raise ValueError(f"RATIO must be a number in (0, 1], got {text!r}") from None
+    if not 0 < approx <= 1:              # nan and inf too
+        raise ValueError(f"RATIO must be in (0, 1], got {text}")
+    try:
+        if len(text) > 32:
+            raise ValueError
         v = Fraction(text)               # exact: ceil(0.1 * 30) is 3, not 4
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"RATIO must be a number in (0, 1], got {text!r}") from None
@@ -484,6 +492,8 @@ class TopK(Gathered):
         vals, idx = w[:k].view(np.float32), w[k:]
         if k and (idx.min() < 0 or idx.max() >= n):
             raise ValueError(f"{self.name}: an index outside 0..{n - 1}")
+        if k > 1 and not (np.diff(idx) > 0).all():       # the sender sorts them: a repeat would lose a value
+            raise ValueError(f"{self.name}: indices not strictly increasing")
         return vals, idx
 
     def decode(self, payload, n):

@@ -226,7 +226,9 @@ def test_mixed_precision_fp16_resume_is_exact_and_the_records_hold_the_scale(tmp
 
 @pytest.mark.parametrize("module, argv, message", [
     ("localsgd", ["--precision", "fp16"], "--precision fp16 is not supported by localsgd"),
-    ("allreduce", ["--precision", "fp16", "--compress", "signsgd"], "would keep the overflow in its state"),
+    ("allreduce", ["--precision", "fp16", "--compress", "signsgd"], "infinite scale"),
+    ("allreduce", ["--precision", "fp16", "--compress", "randomk:0.1"], "an overflow elsewhere would go unseen"),
+    ("allreduce", ["--compress", "topk:1e-99999999"], "RATIO must be in (0, 1], got 1e-99999999"),
     ("allreduce", ["--precision", "fp16", "--compress", "topk:0.1", "--error-feedback"], "--precision bf16"),
     ("allreduce", ["--precision", "bf16", "--dtype", "float64"], "--precision"),
 ])

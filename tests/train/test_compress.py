@@ -311,3 +311,13 @@ def test_powersgd_declares_its_matrix_products_to_the_virtual_clock():
         return t.vtime
     flops = sum(8 * a * b * 2 + 2 * a * 2 * 2 for *_, (a, b) in [s for s in LAYOUT if len(s[3]) == 2])
     assert run_simulated(1, body, network="10gbe,compute=1GFLOP/s")[0] == pytest.approx(flops / 1e9, rel=1e-6)
+
+
+def test_a_sparse_payload_with_repeated_indices_is_refused():
+    """Nothing from a peer is trusted: a repeated index would lose a value silently."""
+    comp = make_compressor("topk:0.5")
+    payload = comp.encode(np.arange(1, 5, dtype=np.float32))          # k = 2 values and their indices
+    words = payload.view(np.int32).copy()
+    words[3] = words[2]                                                # the second index := the first
+    with pytest.raises(ValueError, match="strictly increasing"):
+        comp.decode(words.view(np.uint8), 4)
