@@ -52,9 +52,9 @@ from typing import Callable
 import numpy as np
 
 from .comm import allgather, allreduce, gather, reduce_scatter
-from .comm.allgather import ALLGATHER_LONG_MSG, ALLGATHER_SHORT_MSG
+from .comm.allgather import choose_allgather
 from .comm.costs import allreduce_formula, allreduce_traffic, traffic
-from .comm.reduce_scatter import REDSCAT_LONG_MSG
+from .comm.reduce_scatter import choose_reduce_scatter
 from .nn import Linear
 from .train import gather_batch
 from .train.distributed import Formula, Meter
@@ -144,9 +144,8 @@ def pick(collective: str, algorithm: str, count: int, itemsize: int, N: int) -> 
         return algorithm
     nbytes = count * itemsize
     if collective == "reduce_scatter":
-        return "recursive_halving" if nbytes < REDSCAT_LONG_MSG else "ring"
-    limit = ALLGATHER_LONG_MSG if N & (N - 1) == 0 else ALLGATHER_SHORT_MSG
-    return "recursive_doubling" if nbytes < limit else "ring"
+        return choose_reduce_scatter(nbytes)
+    return choose_allgather(nbytes, N)
 
 
 def memory_formula(stage: int, *, P: int, shard: int, K: int, b: int, largest: int, pad: int,

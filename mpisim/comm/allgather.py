@@ -16,7 +16,7 @@ from .formulas import FOLD_BLOCKS, Call, Cost, make_cost
 from .registry import choices, computed_tuples, get, register
 from .transport import Transport
 
-__all__ = ["ALLGATHER_ALGORITHMS", "allgather"]
+__all__ = ["ALLGATHER_ALGORITHMS", "allgather", "choose_allgather"]
 
 # ALLGATHER_ALGORITHMS: ("auto", then every registered allgather algorithm), read on each access
 __getattr__, __dir__ = computed_tuples(__name__, ALLGATHER_ALGORITHMS="allgather")
@@ -94,6 +94,12 @@ register("allgather", "recursive_doubling", rd_allgather, traffic=_rd_traffic, c
          "lg p rounds, (p-1)/p·n bytes.")
 
 
+def choose_allgather(total_nbytes: int, size: int) -> str:
+    """The algorithm ``auto`` runs when the gathered result holds ``total_nbytes`` on ``size`` ranks."""
+    pow2 = size & (size - 1) == 0
+    return "recursive_doubling" if total_nbytes < (ALLGATHER_LONG_MSG if pow2 else ALLGATHER_SHORT_MSG) else "ring"
+
+
 def allgather(t: Transport, array: np.ndarray, algorithm: str = "auto", *,
               check: bool | None = None) -> np.ndarray:
     """Every rank's equal-shaped array, stacked in rank order: shape (p, *array.shape)."""
@@ -108,10 +114,7 @@ def allgather(t: Transport, array: np.ndarray, algorithm: str = "auto", *,
     if p == 1:
         return out
     if algorithm == "auto":
-        total = p * array.nbytes
-        pow2 = p & (p - 1) == 0
-        short = total < (ALLGATHER_LONG_MSG if pow2 else ALLGATHER_SHORT_MSG)
-        algorithm = "recursive_doubling" if short else "ring"
+        algorithm = choose_allgather(p * array.nbytes, p)
     get(name, algorithm).run(t, w, equal_offsets(m, p), TAG_ALLGATHER)
     return out
 

@@ -29,7 +29,7 @@ from .formulas import FOLD_BLOCKS, UNEVEN, Call, Cost, blocks, make_cost
 from .registry import choices, computed_tuples, get, register
 from .transport import Transport
 
-__all__ = ["REDUCE_SCATTER_ALGORITHMS", "reduce_scatter"]
+__all__ = ["REDUCE_SCATTER_ALGORITHMS", "choose_reduce_scatter", "reduce_scatter"]
 
 # REDUCE_SCATTER_ALGORITHMS: ("auto", then every registered reduce_scatter algorithm), read on each access
 __getattr__, __dir__ = computed_tuples(__name__, REDUCE_SCATTER_ALGORITHMS="reduce_scatter")
@@ -141,6 +141,11 @@ register("reduce_scatter", "recursive_halving", halving_reduce_scatter, traffic=
          "partner and adds what comes back: lg p rounds, (p-1)/p·n bytes sent and added.")
 
 
+def choose_reduce_scatter(nbytes: int) -> str:
+    """The algorithm ``auto`` runs on a vector of ``nbytes``."""
+    return "recursive_halving" if nbytes < REDSCAT_LONG_MSG else "ring"
+
+
 def reduce_scatter(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str = "auto", *,
                    check: bool | None = None) -> np.ndarray:
     """Block ``rank`` of the reduction of all ranks' arrays (1-D, ``numpy.array_split`` blocks)."""
@@ -154,6 +159,6 @@ def reduce_scatter(t: Transport, array: np.ndarray, op: str = "sum", algorithm: 
     offs = block_offsets(w.size, p)
     if p > 1:
         if algorithm == "auto":
-            algorithm = "recursive_halving" if w.nbytes < REDSCAT_LONG_MSG else "ring"
+            algorithm = choose_reduce_scatter(w.nbytes)
         get(name, algorithm).run(t, w, offs, ufunc, TAG_REDUCE_SCATTER)
     return w[offs[r]:offs[r + 1]].copy()

@@ -21,6 +21,7 @@ class Optimizer:
 
     name = "optimizer"
     state_names: tuple[str, ...] = ()
+    loss_scaler = None      # mixed precision: the run's LossScaler (mpisim.train.loop.build_optimizer sets it)
 
     def __init__(self, params: np.ndarray, grads: np.ndarray, *, lr: float, weight_decay: float = 0.0):
         if params.ndim != 1 or grads.shape != params.shape or grads.dtype != params.dtype:

@@ -58,7 +58,7 @@ import argparse
 
 from ..comm import ALLREDUCE_ALGORITHMS, allgather, allreduce
 from ..comm._common import block_offsets
-from ..comm.allgather import ALLGATHER_LONG_MSG, ALLGATHER_SHORT_MSG, ring_allgather
+from ..comm.allgather import choose_allgather, ring_allgather
 from ..comm.costs import allreduce_formula, allreduce_traffic, traffic as collective_traffic
 from ..nn.precision import bf16_decode, bf16_encode, fp16_decode, fp16_encode
 
@@ -397,11 +397,7 @@ for _fmt, _what in (("fp16", "IEEE half, divided by N first against overflow"),
 def allgather_choice(algorithm: str, per_rank_bytes: int, p: int) -> str:
     """The allgather a sparse scheme runs for ``algorithm``: ring and recursive_doubling as named; auto as
     mpisim.comm.allgather's auto chooses (MPICH's thresholds on the whole result)."""
-    if algorithm != "auto":
-        return algorithm
-    pow2 = p & (p - 1) == 0
-    short = p * per_rank_bytes < (ALLGATHER_LONG_MSG if pow2 else ALLGATHER_SHORT_MSG)
-    return "recursive_doubling" if short else "ring"
+    return algorithm if algorithm != "auto" else choose_allgather(p * per_rank_bytes, p)
 
 
 class Gathered(Compressor):

@@ -72,7 +72,7 @@ def save_state(directory, model: MLP, opt: Optimizer, *, epoch: int, epochs: int
     """Checkpoint after ``epoch`` of ``epochs`` epochs: parameters, BatchNorm buffers, optimizer state (and
     its loss scaler's, ``scaler.NAME``), the run's options and the metrics so far; ``per_rank`` adds each
     rank's own arrays (``rank{r}.NAME``)."""
-    scaler = getattr(opt, "loss_scaler", None)
+    scaler = opt.loss_scaler
     arrays = {"params": model.params, "buffers": model.buffers,
               **{f"opt.{k}": v for k, v in opt.state_dict().items()},
               **({f"scaler.{k}": v for k, v in scaler.state_dict().items()} if scaler else {}), **(per_rank or {})}
@@ -119,7 +119,7 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
             got = "nothing" if a is None else f"{a.shape} {a.dtype}"
             raise CheckpointError(f"{where}: {name} should be {target.shape} {target.dtype}, found {got}")
         target[...] = a
-    scaler = getattr(opt, "loss_scaler", None)
+    scaler = opt.loss_scaler
     try:
         opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
         if scaler is not None:
@@ -150,7 +150,7 @@ def gather_batch(x: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> np.ndarray:
 def loss_scaling_figures(opt: Optimizer) -> dict:
     """The record's fp16 loss-scaling figures: the scale now and the steps skipped over the run so far
     (``{}`` without a loss scaler)."""
-    scaler = getattr(opt, "loss_scaler", None)
+    scaler = opt.loss_scaler
     return {"loss_scale": scaler.scale, "skipped_steps": scaler.skipped} if scaler else {}
 
 
