@@ -260,7 +260,7 @@ class Worker:
         self.steps_done += 1
         spent = time.perf_counter() - t0
         if self.slow > 1:
-            time.sleep((self.slow - 1) * spent)                  # --straggler
+            self.t.sleep((self.slow - 1) * spent)                # --straggler (other simulated ranks run meanwhile)
         self.meter.compute += spent
 
     def push(self, j: int, tag: int) -> None:

@@ -1,27 +1,34 @@
-"""The simulated transport: N ranks as N threads of one process.
+"""The simulated transport: N ranks as N cooperative tasks (greenlets) of one thread.
 
-Each rank is a thread; messages travel through per-pair queues with MPI's semantics: a send
-copies the buffer before it returns (the sender may reuse it at once), messages from one sender
-with one tag arrive in order, and receives posted first are matched first. Matching follows
-MPI's two lists: a send first looks for a posted receive, otherwise the message waits in the
-receiver's unexpected queue for the sender.
+Each rank is a greenlet; it runs until it blocks in a receive (or sleeps, or polls a request that is
+not complete), and then the scheduler runs the next rank that can go on, in a fixed first-in,
+first-out order. So a switch between ranks costs about a microsecond instead of an OS thread's hand-over,
+thousands of ranks fit in memory (no per-pair structures: a rank keeps its posted receives and, per
+sender with something pending, its unexpected messages), and a run's schedule, and with it every virtual
+clock, is the same run to run, ANY_SOURCE and link contention included. The collectives stay the same
+blocking code they are under MPI.
+
+Messages have MPI's semantics: a send copies the buffer before it returns (the sender may reuse it
+at once), messages from one sender with one tag arrive in order, and receives posted first are
+matched first. Matching follows MPI's two lists: a send first looks for a posted receive, otherwise
+the message waits in the receiver's unexpected queue for the sender.
 
 Failure is never a hang: an exception on any rank aborts every other rank (their blocked
 receives raise) and :func:`run_simulated` re-raises it as :class:`RankError` naming the rank;
 when every live rank is blocked in a receive nobody can satisfy, that is a deadlock and is
 reported at once with what each rank waits for; a rank blocked longer than ``timeout`` seconds
-(another rank stuck computing, say) is reported as a :class:`CommTimeout`.
+(another rank stuck computing, say) is reported as a :class:`CommTimeout` (a watchdog on the
+calling thread sees it even when a rank never returns to the scheduler).
 
 With a :class:`~mpisim.comm.network.Network` (``SimCluster(n, network=...)``) every rank also keeps
 a virtual clock ``transport.clock`` in ticks (femtoseconds; ``transport.vtime`` in seconds): a
-send starting at t keeps the sender busy until t + alpha + n*beta and the message arrives then,
-a receive completes at max(own clock, arrival), ``transport.reduced(n)`` charges n*gamma. The
-clocks depend only on the schedule of messages, not on how the threads happen to run, with two
-exceptions: ``compute=wall`` (measured time varies), and link contention with ANY_SOURCE
-receives (the link serves messages in the order the receiver matches them, which is real time).
+send starting at t keeps the sender busy until t + alpha + n*beta (the link's, on a topology) and the
+message arrives then, or later when its links are busy (``contention``); a receive completes at
+max(own clock, arrival), ``transport.reduced(n)`` charges n*gamma. The clocks depend only on the
+schedule, which is deterministic, except with ``compute=wall`` (measured CPU time varies).
 
 Groups (``transport.split(color, key)``, see :mod:`mpisim.comm.group`) are :class:`SimGroup`
-transports on the same threads. Every message and every posted receive carries a context id
+transports on the same ranks. Every message and every posted receive carries a context id
 (0 for the world, a new one per group), and matching, ANY_SOURCE and ANY_TAG included, happens
 only within one context, so a group's messages never meet its parent's or another group's; a
 receive's Status names the sender's rank in the group. A group has no clock of its own: its
@@ -31,16 +38,22 @@ a group shows on the rank. Its counters roll up into its parent's. The logical c
 each ancestor, and the receiver takes the maximum level by level (both ends of a message share
 the chain of ancestors). Deadlock, failure and timeout detection see every rank's receives,
 whatever group they are in, and name world ranks and the group context.
+
+Rank code must not block the thread for long outside the transport (``time.sleep`` stops every rank):
+``transport.sleep(s)`` lets the others run meanwhile. Another OS thread must not call a simulated
+transport (``transport.cooperative`` is True: run such work inline).
 """
 from __future__ import annotations
 
 import collections
+import heapq
 import os
 import threading
 import time
 from typing import Any, Callable
 
 import numpy as np
+from greenlet import greenlet, getcurrent
 
 from .allgather import allgather
 from .group import check_split, count_received, count_reduced, count_sent, count_time, group_of, uncounted
@@ -55,10 +68,37 @@ from .transport import (
     check_peer,
 )
 
-__all__ = ["CommTimeout", "DeadlockError", "RankError", "SimCluster", "SimGroup", "SimTransport", "run_simulated"]
+__all__ = ["CommTimeout", "DeadlockError", "RankError", "SimCluster", "SimGroup", "SimTransport", "memory_estimate",
+           "run_simulated"]
 
 DEFAULT_TIMEOUT = float(os.environ.get("MPISIM_SIM_TIMEOUT", "60"))
 ABORT_GRACE = 2.0  # seconds a failed run waits for the other ranks to stop
+WATCH = 0.05       # seconds between the watchdog's looks
+RANK_BYTES = 24 * 1024  # memory of one idle simulated rank (its transport, counters and greenlet), measured
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to this process now (Linux: MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_estimate(size: int, rank_bytes: int = 0) -> int:
+    """Bytes ``size`` simulated ranks need: the cluster's own ``RANK_BYTES`` each plus ``rank_bytes`` of data each."""
+    return int(size) * (RANK_BYTES + max(0, int(rank_bytes)))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
 
 
 class RankError(RuntimeError):
@@ -88,25 +128,22 @@ def _payload(buf: np.ndarray) -> np.ndarray:
     return buf.reshape(-1).view(np.uint8)
 
 
-def _matches(want_src: int, want_tag: int, src: int, tag: int) -> bool:
-    return (want_src == ANY_SOURCE or want_src == src) and (want_tag == ANY_TAG or want_tag == tag)
-
-
 class _Recv:
     """A posted receive (the request behind irecv and recv)."""
 
-    __slots__ = ("owner", "ctx", "buf", "source", "tag", "done", "data", "src", "msg_tag", "stamp", "copied",
-                 "status")
+    __slots__ = ("owner", "ctx", "buf", "source", "tag", "done", "data", "src", "wsrc", "msg_tag", "stamp",
+                 "copied", "status", "since")
 
     def __init__(self, owner: "SimTransport", buf: np.ndarray, source: int, tag: int):
         self.owner, self.buf, self.source, self.tag = owner, buf, source, tag
         self.ctx = owner.ctx  # matches only messages of the owner's group
         self.done = False
         self.data: np.ndarray | None = None  # set when the message is matched but not yet copied
-        self.src = self.msg_tag = -1  # the sender's rank in the group, and the tag
+        self.src = self.msg_tag = self.wsrc = -1  # the sender's rank in the group and in the world, and the tag
         self.stamp: tuple[tuple[int, ...], int] = ((), 0)  # the sender's (rounds per level, virtual send time)
         self.copied = False  # the sender wrote straight into buf
         self.status: Status | None = None  # set once the receive is complete and counted
+        self.since = 0.0  # when the owner blocked on it (monotonic seconds), for the timeout
 
     def describe(self) -> str:
         """'rank 2 (tag 5, 16 bytes)': what this receive waits for, in world ranks, for error messages."""
@@ -121,11 +158,18 @@ class _Recv:
         return f"{src} ({tag}, {self.buf.nbytes} bytes{where})"
 
     def test(self) -> bool:
-        """True once the message has arrived; the buffer is then filled (as by ``wait``)."""
-        if self.status is None and self.done:
-            self.owner._charge()
-            self.owner._finish(self)
-            self.owner._mark()
+        """True once the message has arrived; the buffer is then filled (as by ``wait``).
+
+        False lets the other ranks run first (MPI's progress), so a rank that polls in a loop does not
+        stop them.
+        """
+        if self.status is None:
+            if self.done:
+                self.owner._charge()
+                self.owner._finish(self)
+                self.owner._mark()
+            else:
+                self.owner._world._yield()
         return self.status is not None
 
     def wait(self) -> Status:
@@ -145,30 +189,53 @@ class _Sent:
 _SENT = _Sent()
 
 
-class SimCluster:
-    """Shared state of N simulated ranks: queues, posted receives, failure and deadlock watch."""
+def _interrupt(thread: threading.Thread) -> None:
+    """Raise KeyboardInterrupt in ``thread`` at its next Python instruction."""
+    import ctypes
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
 
-    def __init__(self, size: int, *, timeout: float | None = None, network: Network | str | None = None):
+
+class SimCluster:
+    """Shared state of N simulated ranks: queues, posted receives, the scheduler, failure and deadlock watch.
+
+    ``rank_bytes`` is what the caller expects each rank to hold (its arrays); with the cluster's own
+    ``RANK_BYTES`` it makes the memory estimate a cluster is refused on (MemoryError, before anything is
+    allocated) when it exceeds the memory available.
+    """
+
+    def __init__(self, size: int, *, timeout: float | None = None, network: Network | str | None = None,
+                 rank_bytes: int = 0):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
             raise TypeError(f"the number of simulated ranks must be an int, got {type(size).__name__}")
         if size < 1:
             raise ValueError(f"a simulated cluster needs at least 1 rank, got {size!r}")
         self.size = int(size)
         self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        if not 0 < self.timeout < 1e9:
+            raise ValueError(f"the simulated cluster's timeout must be > 0 and finite seconds, got {timeout!r}")
+        need, have = memory_estimate(self.size, rank_bytes), _available_memory()
+        if have is not None and need > have:
+            raise MemoryError(f"{self.size:,} simulated ranks need about {_gib(need)} "
+                              f"({_gib(need / self.size)} per rank) but {_gib(have)} is available")
         self.network = None if network is None else parse_network(network)
+        if self.network is not None:
+            self.network.check_size(self.size)
+        self.links = None if self.network is None else self.network.links(self.size)
         self.wall = self.network is not None and self.network.compute == "wall"
-        self.lock = threading.Lock()
-        self.cond = [threading.Condition(self.lock) for _ in range(self.size)]
-        # unexpected[dest][src]: messages (tag, payload, stamp, seq) that arrived before their
-        # receive; seq orders arrivals from different senders for ANY_SOURCE
-        self.unexpected = [[collections.deque() for _ in range(self.size)] for _ in range(self.size)]
+        # unexpected[dest]: {world src: deque of (ctx, tag, src in the group, payload, stamp, seq)}, only for
+        # senders with something pending; seq orders arrivals from different senders for ANY_SOURCE
+        self.unexpected: list[dict[int, collections.deque]] = [{} for _ in range(self.size)]
         self.seq = 0
         self.posted: list[list[_Recv]] = [[] for _ in range(self.size)]
-        self.waiting: dict[int, _Recv] = {}
-        self.finished: set[int] = set()
+        self.waiting: dict[int, _Recv] = {}  # world rank -> the receive it is blocked on
+        self.finished = 0
         self.failed: tuple[int, BaseException] | None = None
         self.contexts: dict[tuple, int] = {}  # a group's (parent context, split number, color) -> its context
         self.transports = [SimTransport(self, r) for r in range(self.size)]
+        self.tasks: list[Any] = []
+        self.ready: collections.deque = collections.deque()  # ranks that can go on, in the order they run
+        self.sleepers: list[tuple[float, int, int]] = []     # (wake-up time, seq, rank), a heap
+        self.hub: Any = None
         self._ran = False
 
     def context(self, parent: int, split: int, color: int) -> int:
@@ -177,55 +244,46 @@ class SimCluster:
         Every member asks with the same triple and gets the same id; any other group gets
         another (0 is the world's).
         """
-        with self.lock:
-            return self.contexts.setdefault((parent, split, color), len(self.contexts) + 1)
+        return self.contexts.setdefault((parent, split, color), len(self.contexts) + 1)
 
-    # -- failure handling (lock held) -------------------------------------------------------
-    def _abort(self, rank: int, exc: BaseException) -> None:
+    # -- failure handling -----------------------------------------------------------------------
+    def fail(self, rank: int, exc: BaseException) -> None:
         if self.failed is None:
             self.failed = (rank, exc)
-        for c in self.cond:
-            c.notify_all()
 
-    def _check_deadlock(self) -> None:
-        if self.waiting and len(self.waiting) + len(self.finished) == self.size:
-            parts = []
-            for r in sorted(self.waiting):
-                parts.append(f"rank {r} waits for {self.waiting[r].describe()}")
-            if self.finished:
-                parts.append(f"ranks {sorted(self.finished)} have returned")
-            exc = DeadlockError("deadlock among simulated ranks: " + "; ".join(parts))
-            self._abort(min(self.waiting), exc)
-            raise exc
+    def _deadlock(self) -> DeadlockError:
+        parts = [f"rank {r} waits for {self.waiting[r].describe()}" for r in sorted(self.waiting)]
+        done = [r for r, g in enumerate(self.tasks) if g.dead and r not in self.waiting]
+        if done:
+            parts.append(f"ranks {done} have returned")
+        return DeadlockError("deadlock among simulated ranks: " + "; ".join(parts))
 
-    def fail(self, rank: int, exc: BaseException) -> None:
-        with self.lock:
-            self._abort(rank, exc)
+    def _watch(self) -> None:
+        """The watchdog (calling thread): a receive blocked past the timeout fails the run."""
+        now = time.monotonic()
+        try:
+            blocked = list(self.waiting.items())  # one C call: a consistent copy under the GIL
+        except RuntimeError:  # pragma: no cover - changed while copied; look again next time
+            return
+        if not blocked:
+            return
+        rank, req = min(blocked, key=lambda rw: rw[1].since)
+        if now - req.since > self.timeout and self.waiting.get(rank) is req and self.failed is None:
+            self.fail(rank, CommTimeout(f"simulated rank {rank} blocked for {self.timeout:g} s "
+                                        f"waiting for a message from {req.describe()}"))
 
-    def finish(self, rank: int) -> None:
-        with self.lock:
-            self.finished.add(rank)
-            if self.failed is None:
-                try:
-                    self._check_deadlock()
-                except DeadlockError:
-                    pass  # recorded in self.failed; the waiting ranks are woken and abort
+    # -- scheduling (the hub greenlet) -------------------------------------------------------------
+    def _wake(self, rank: int) -> None:
+        """Rank ``rank``, blocked on a receive that just completed, can go on."""
+        del self.waiting[rank]
+        self.ready.append(rank)
 
-    # -- running ------------------------------------------------------------------------------
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
-        """Run ``fn(transport, *args, **kwargs)`` on every rank; return the per-rank results.
-
-        A cluster runs once (its queues, counters and failure state belong to that run).
-        """
-        if self._ran:
-            raise RuntimeError("a SimCluster runs once; create a new one (or call run_simulated)")
-        self._ran = True
-        results: list[Any] = [None] * self.size
+    def _schedule(self, fn: Callable[..., Any], args: tuple, kwargs: dict, results: list) -> None:
+        self.hub = getcurrent()
 
         def body(rank: int) -> None:
             t = self.transports[rank]
             try:
-                t._owner = threading.get_ident()
                 results[rank] = fn(t, *args, **kwargs)
                 t._charge()
             except _Aborted:
@@ -233,25 +291,89 @@ class SimCluster:
             except BaseException as exc:  # noqa: BLE001 - any failure must stop the others
                 self.fail(rank, exc)
             finally:
-                self.finish(rank)
+                self.finished += 1
 
-        if self.size == 1:
-            body(0)
-        else:
-            threads = [threading.Thread(target=body, args=(r,), name=f"mpisim-rank-{r}", daemon=True)
-                       for r in range(self.size)]
-            for t in threads:
-                t.start()
-            grace_end = None
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.05)
-                    if self.failed is not None:
-                        # Blocked ranks wake and abort at once; a rank busy computing cannot be
-                        # stopped, so it is left behind (daemon thread) after a short grace.
-                        grace_end = grace_end or time.monotonic() + ABORT_GRACE
-                        if time.monotonic() > grace_end:
-                            break
+        self.tasks = [greenlet(body, parent=self.hub) for _ in range(self.size)]
+        ready, tasks = self.ready, self.tasks
+        ready.extend(range(self.size))
+        started = [False] * self.size
+        sleepers = self.sleepers
+        while self.failed is None:
+            if sleepers and sleepers[0][0] <= time.monotonic():  # a sleep is over: that rank goes on next
+                ready.append(heapq.heappop(sleepers)[2])
+            if ready:
+                r = ready.popleft()
+                if started[r]:
+                    tasks[r].switch()
+                else:
+                    started[r] = True
+                    tasks[r].switch(r)
+            elif self.sleepers:
+                wake, _, r = heapq.heappop(self.sleepers)
+                time.sleep(max(0.0, wake - time.monotonic()))
+                ready.append(r)
+            elif self.finished < self.size:
+                self.fail(min(self.waiting) if self.waiting else 0, self._deadlock())
+            else:
+                break
+        # a failure: unwind every rank that is still suspended (its blocked call raises _Aborted)
+        for r, g in enumerate(tasks):
+            if started[r] and not g.dead:
+                try:
+                    g.throw(_Aborted())
+                except _Aborted:
+                    pass
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Run ``fn(transport, *args, **kwargs)`` on every rank; return the per-rank results.
+
+        A cluster runs once (its queues, counters and failure state belong to that run). The ranks run on
+        a thread of their own while this one watches for a receive blocked past the timeout.
+        """
+        if self._ran:
+            raise RuntimeError("a SimCluster runs once; create a new one (or call run_simulated)")
+        self._ran = True
+        results: list[Any] = [None] * self.size
+        if self.size == 1:  # nobody to wait for: the rank runs on this thread (Ctrl-C lands in it)
+            self._schedule(fn, args, kwargs, results)
+            return self._outcome(results)
+        stopped = threading.Event()
+        crash: list[BaseException] = []
+
+        def hub() -> None:
+            try:
+                self._schedule(fn, args, kwargs, results)
+            except BaseException as exc:  # noqa: BLE001 - a fault of the scheduler itself, re-raised below
+                crash.append(exc)
+            finally:
+                stopped.set()
+
+        thread = threading.Thread(target=hub, name="mpisim-ranks", daemon=True)
+        thread.start()
+        grace_end = None
+        while True:
+            try:
+                if stopped.wait(WATCH):
+                    break
+                if self.failed is None:
+                    self._watch()
+                else:
+                    # Blocked ranks unwind at once; a rank busy computing cannot be stopped, so it is
+                    # left behind (daemon thread) after a short grace.
+                    grace_end = grace_end or time.monotonic() + ABORT_GRACE
+                    if time.monotonic() > grace_end:
+                        break
+            except KeyboardInterrupt:
+                # Ctrl-C reaches this thread: hand it to the rank running now, which fails as it would on
+                # its own thread (its finally blocks run; files it was writing are cleaned up)
+                _interrupt(thread)
+                grace_end = time.monotonic() + ABORT_GRACE
+        if crash:
+            raise crash[0]
+        return self._outcome(results)
+
+    def _outcome(self, results: list[Any]) -> list[Any]:
         if self.failed is not None:
             rank, exc = self.failed
             if isinstance(exc, (DeadlockError, CommTimeout)):  # about the cluster, not one rank
@@ -263,24 +385,28 @@ class SimCluster:
 class SimTransport:
     """One simulated rank's endpoint (see :class:`mpisim.comm.transport.Transport`)."""
 
-    ctx = 0        # the world's context; a group has its own
-    parent = None  # the world has none; a group's is the transport it was split from
+    ctx = 0            # the world's context; a group has its own
+    parent = None      # the world has none; a group's is the transport it was split from
+    cooperative = True  # its ranks are greenlets of one thread: no other OS thread may call it
 
     def __init__(self, cluster: SimCluster, rank: int):
         self.cluster = cluster
         self.rank = rank
         self.size = cluster.size
-        self.members = tuple(range(cluster.size))  # world ranks are their own parent ranks
         self.stats = Stats()
         self.network = cluster.network
         self.clock = 0        # virtual time in ticks (stays 0 without a network model)
-        self.rx_free = 0      # with link contention: when this rank's incoming link is next free
-        self._cpu: float | None = None   # compute=wall: the owner thread's CPU time at its last transport call
-        self._owner: int | None = None
+        self._cpu: float | None = None   # compute=wall: the thread's CPU time at this rank's last transport call
         self._world = self              # the rank's world transport, which holds the clock
-        self._wranks = self.members     # the world rank of each rank of this transport
         self._chain: tuple[SimTransport, ...] = (self,)  # this transport and its ancestors: counts go to all
         self._splits = 0                # splits so far (the same count on every rank): names the contexts
+
+    @property
+    def members(self) -> range:
+        """World ranks are their own parent ranks (a range: no per-rank copy of p entries)."""
+        return range(self.size)
+
+    _wranks = members  # the world rank of each rank of this transport
 
     def reset_stats(self) -> None:
         """Zero the counters (the virtual clock goes on: it orders messages between ranks)."""
@@ -289,6 +415,13 @@ class SimTransport:
     @property
     def vtime(self) -> float:
         """This rank's virtual time in seconds (0 without a network model)."""
+        return self.clock * TICK
+
+    def now(self) -> float:
+        """This rank's virtual time in seconds, with its computation since the last transport call charged
+        first (compute=wall); 0 without a network model."""
+        self._charge()
+        self._mark()
         return self.clock * TICK
 
     def split(self, color: int | None, key: int = 0) -> SimGroup | None:
@@ -309,18 +442,45 @@ class SimTransport:
             return None
         return SimGroup(self, members, self.cluster.context(self.ctx, self._splits, int(color)))
 
-    # -- virtual time of local work -------------------------------------------------------------
+    # -- virtual time of local work, scheduling -----------------------------------------------------
     def _mark(self) -> None:
-        if self.cluster.wall and threading.get_ident() == self._owner:
-            self._cpu = time.thread_time()
+        if self.cluster.wall:
+            self._world._cpu = time.thread_time()
 
     def _charge(self) -> None:
-        """With compute=wall: add the rank thread's CPU time since its last transport call to the clock
-        (from its first call on: set-up before it is not charged; other threads' work is not either)."""
-        if self.cluster.wall and self._cpu is not None and threading.get_ident() == self._owner:
+        """With compute=wall: add the CPU time since this rank's last transport call to its clock (from its
+        start on; ranks run one at a time on one thread and switch only inside transport calls, so the
+        thread's CPU time between two calls of one rank is that rank's)."""
+        w = self._world
+        if self.cluster.wall and w._cpu is not None:
             now = time.thread_time()
-            self.clock += round((now - self._cpu) / TICK)
-            self._cpu = now
+            w.clock += round((now - w._cpu) / TICK)
+            w._cpu = now
+
+    def _yield(self) -> None:
+        """Let every rank that can go on run once before this one goes on."""
+        cl = self.cluster
+        if cl.size > 1:
+            cl.ready.append(self._world.rank)
+            cl.hub.switch()
+        if cl.failed is not None:
+            raise _Aborted()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of wall time while the other ranks run (``time.sleep`` would stop them all)."""
+        if not seconds >= 0:
+            raise ValueError(f"sleep: seconds must be >= 0, got {seconds!r}")
+        cl = self.cluster
+        if cl.size == 1:
+            time.sleep(seconds)
+            return
+        self._charge()
+        cl.seq += 1
+        heapq.heappush(cl.sleepers, (time.monotonic() + seconds, cl.seq, self._world.rank))
+        cl.hub.switch()
+        self._mark()
+        if cl.failed is not None:
+            raise _Aborted()
 
     def reduced(self, nbytes: int) -> None:
         """Count a reduction over ``nbytes`` bytes of vector; the model charges nbytes*gamma."""
@@ -345,46 +505,48 @@ class SimTransport:
         if tag < 0:
             raise ValueError(f"send tag must be >= 0, got {tag}")
 
-    def _post_send(self, buf: np.ndarray, dest: int, tag: int) -> None:
-        self._check_send(buf, dest, tag)
-        cl = self.cluster
-        data = _payload(buf)
-        nbytes = data.nbytes
-        for t in self._chain:  # one round on every level's logical clock
-            t.stats.rounds += 1
-        stamp = (tuple(t.stats.rounds for t in self._chain), self.clock)
-        if self.network is not None:
-            self.clock += self.network.message(nbytes)  # the port is busy until the message is out
-        wdest, ctx = self._wranks[dest], self.ctx
-        direct: _Recv | None = None
-        with cl.lock:
-            if cl.failed is not None:
-                raise _Aborted()
-            for i, r in enumerate(cl.posted[wdest]):
-                if r.ctx == ctx and _matches(r.source, r.tag, self.rank, tag):
-                    direct = cl.posted[wdest].pop(i)
-                    break
-            if direct is None:
-                cl.unexpected[wdest][self._world.rank].append((ctx, tag, self.rank, data.copy(), stamp, cl.seq))
-                cl.seq += 1
-        if direct is not None:
-            if direct.buf.nbytes == nbytes:
-                _payload(direct.buf)[...] = data
-                direct.copied = True
-            else:
-                direct.data = data.copy()  # the receiver reports the size mismatch
-            with cl.lock:
-                direct.src, direct.msg_tag, direct.stamp, direct.done = self.rank, tag, stamp, True
-                cl.waiting.pop(wdest, None)
-                cl.cond[wdest].notify_all()
-        count_sent(self._chain, nbytes)
-
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
         t0 = time.perf_counter()
-        self._charge()
-        self._post_send(buf, dest, tag)
-        self._mark()
-        count_time(self._chain, time.perf_counter() - t0)
+        self._check_send(buf, dest, tag)
+        cl = self.cluster
+        if cl.failed is not None:
+            raise _Aborted()
+        if cl.wall:
+            self._charge()
+        data = _payload(buf)
+        nbytes = data.nbytes
+        chain = self._chain
+        for t in chain:  # one round on every level's logical clock
+            t.stats.rounds += 1
+        world = self._world
+        stamp = (tuple(t.stats.rounds for t in chain), world.clock)
+        wsrc, wdest, ctx = world.rank, self._wranks[dest], self.ctx
+        if self.network is not None:  # the port is busy until the message is out
+            world.clock += self.network.send_ticks(wsrc, wdest, nbytes)
+        posted = cl.posted[wdest]
+        for i, r in enumerate(posted):
+            if r.ctx == ctx and (r.source == ANY_SOURCE or r.source == self.rank) and (r.tag == ANY_TAG or r.tag == tag):
+                del posted[i]
+                if r.buf.nbytes == nbytes:
+                    _payload(r.buf)[...] = data
+                    r.copied = True
+                else:
+                    r.data = data.copy()  # the receiver reports the size mismatch
+                r.src, r.wsrc, r.msg_tag, r.stamp, r.done = self.rank, wsrc, tag, stamp, True
+                if cl.waiting.get(wdest) is r:
+                    cl._wake(wdest)
+                break
+        else:
+            box = cl.unexpected[wdest]
+            queue = box.get(wsrc)
+            if queue is None:
+                queue = box[wsrc] = collections.deque()
+            queue.append((ctx, tag, self.rank, data.copy(), stamp, cl.seq))
+            cl.seq += 1
+        count_sent(chain, nbytes)
+        if cl.wall:
+            self._mark()
+        count_time(chain, time.perf_counter() - t0)
 
     def isend(self, buf: np.ndarray, dest: int, tag: int = 0) -> _Sent:
         self.send(buf, dest, tag)
@@ -395,62 +557,66 @@ class SimTransport:
         as_buffer(buf, "receive buffer")
         check_peer(source, self.size, "source", allow_any=True)
         t0 = time.perf_counter()
-        self._charge()
-        req = _Recv(self, buf, source, tag)
         cl = self.cluster
-        with cl.lock:
-            if cl.failed is not None:
-                raise _Aborted()
-            found = self._take_unexpected(source, tag)
-            if found is None:
-                cl.posted[self._world.rank].append(req)
-            else:
-                req.msg_tag, req.src, req.data, req.stamp = found
-                req.done = True
-        self._mark()
+        if cl.failed is not None:
+            raise _Aborted()
+        req = _Recv(self, buf, source, tag)
+        found = self._take_unexpected(source, tag)
+        if found is None:
+            cl.posted[self._world.rank].append(req)
+        else:
+            req.msg_tag, req.src, req.wsrc, req.data, req.stamp = found
+            req.done = True
         count_time(self._chain, time.perf_counter() - t0)
         return req
 
     def _take_unexpected(self, source: int, tag: int) -> tuple | None:
-        """Remove the earliest matching unexpected message of this context; return its (tag, src, payload, stamp)."""
+        """Remove the earliest matching unexpected message of this context; return (tag, src, world src,
+        payload, stamp)."""
         box = self.cluster.unexpected[self._world.rank]
+        if not box:
+            return None
         ctx = self.ctx
-        best = None
-        for src in (range(self.size) if source == ANY_SOURCE else (source,)):
-            queue = box[self._wranks[src]]
+        if source != ANY_SOURCE:
+            wsrc = self._wranks[source]
+            queue = box.get(wsrc)
+            if queue is None:
+                return None
             for i, msg in enumerate(queue):  # msg: (ctx, tag, src in the group, payload, stamp, seq)
                 if msg[0] == ctx and (tag == ANY_TAG or msg[1] == tag):
-                    if best is None or msg[5] < best[2]:
-                        best = (queue, i, msg[5])
                     break
-        if best is None:
-            return None
-        queue, i, _ = best
-        msg = queue[i]
+            else:
+                return None
+        else:
+            best = None
+            for w, q in box.items():
+                for i, msg in enumerate(q):
+                    if msg[0] == ctx and (tag == ANY_TAG or msg[1] == tag):
+                        if best is None or msg[5] < best[2][5]:
+                            best = (w, i, msg)
+                        break
+            if best is None:
+                return None
+            wsrc, i, msg = best
+            queue = box[wsrc]
         del queue[i]
-        return msg[1:5]
+        if not queue:
+            del box[wsrc]
+        return msg[1], msg[2], wsrc, msg[3], msg[4]
 
     def _wait(self, req: _Recv) -> Status:
         cl = self.cluster
-        me = self._world.rank  # the cluster's lists and the deadlock watch are in world ranks
         t0 = time.perf_counter()
         self._charge()
-        with cl.lock:
-            deadline = time.monotonic() + cl.timeout
-            while not req.done:
-                if cl.failed is not None:
-                    raise _Aborted()
-                cl.waiting[me] = req
-                cl._check_deadlock()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    exc = CommTimeout(f"simulated rank {me} blocked for {cl.timeout:g} s "
-                                      f"waiting for a message from {req.describe()}")
-                    cl.waiting.pop(me, None)
-                    cl._abort(me, exc)
-                    raise exc
-                cl.cond[me].wait(left)
-            cl.waiting.pop(me, None)
+        if not req.done:
+            if cl.failed is not None:
+                raise _Aborted()
+            me = self._world.rank  # the cluster's lists and the deadlock watch are in world ranks
+            req.since = time.monotonic()
+            cl.waiting[me] = req
+            cl.hub.switch()  # back when a sender completed req (or with _Aborted thrown in)
+            if not req.done:  # pragma: no cover - woken without the message: a scheduler fault
+                raise CommError(f"simulated rank {me} resumed before its receive completed")
         status = self._finish(req)
         self._mark()
         count_time(self._chain, time.perf_counter() - t0)
@@ -466,19 +632,18 @@ class SimTransport:
             _payload(req.buf)[...] = req.data
             req.data = None
             req.copied = True
-        count_received(self._chain, req.buf.nbytes)
+        nbytes = req.buf.nbytes
+        count_received(self._chain, nbytes)
         rounds, sent_at = req.stamp
         for t, r in zip(self._chain, rounds):  # sender and receiver share the chain of ancestors
-            t.stats.rounds = max(t.stats.rounds, r)
-        net = self.network
-        if net is not None:
-            if net.contention:  # the incoming link carries one message at a time
-                arrival = max(sent_at, self.rx_free) + net.message(req.buf.nbytes)
-                self.rx_free = arrival
-            else:
-                arrival = sent_at + net.message(req.buf.nbytes)
-            self.clock = max(self.clock, arrival)
-        req.status = Status(req.src, req.msg_tag, req.buf.nbytes)
+            if r > t.stats.rounds:
+                t.stats.rounds = r
+        if self.network is not None:
+            world = self._world
+            arrival = self.cluster.links.arrival(req.wsrc, world.rank, sent_at, nbytes)
+            if arrival > world.clock:
+                world.clock = arrival
+        req.status = Status(req.src, req.msg_tag, nbytes)
         return req.status
 
     def recv(self, buf: np.ndarray, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Status:
@@ -496,14 +661,16 @@ class SimGroup(SimTransport):
     """A group's endpoint on one simulated rank, made by :meth:`SimTransport.split`.
 
     The same calls as a world transport, in group ranks and in the group's own context. State
-    that belongs to the rank, not to a group (the virtual clock, the incoming link, the CPU
-    time of compute=wall), is the world transport's.
+    that belongs to the rank, not to a group (the virtual clock, the CPU time of compute=wall), is the
+    world transport's.
     """
+
+    _wranks: tuple[int, ...] = ()  # an instance attribute here (the world's is a range)
 
     def __init__(self, parent: SimTransport, members: tuple[int, ...], ctx: int):
         self.cluster = parent.cluster
         self.parent = parent
-        self.members = members  # parent ranks of group ranks 0..size-1
+        self._members = members  # parent ranks of group ranks 0..size-1
         self.rank = members.index(parent.rank)
         self.size = len(members)
         self.ctx = ctx
@@ -515,6 +682,10 @@ class SimGroup(SimTransport):
         self._splits = 0
 
     @property
+    def members(self) -> tuple[int, ...]:
+        return self._members
+
+    @property
     def clock(self) -> int:
         """The rank's one virtual clock: time spent in the group is time on the rank."""
         return self._world.clock
@@ -522,20 +693,6 @@ class SimGroup(SimTransport):
     @clock.setter
     def clock(self, ticks: int) -> None:
         self._world.clock = ticks
-
-    @property
-    def rx_free(self) -> int:
-        return self._world.rx_free
-
-    @rx_free.setter
-    def rx_free(self, ticks: int) -> None:
-        self._world.rx_free = ticks
-
-    def _mark(self) -> None:
-        self._world._mark()
-
-    def _charge(self) -> None:
-        self._world._charge()
 
     def __repr__(self) -> str:
         return (f"SimGroup(rank={self.rank}, size={self.size}, world rank={self._world.rank}, "
