@@ -112,13 +112,19 @@ def plan_buckets(model, bucket_bytes: float) -> list[tuple[int, int, int]]:
 
 class CommThread:
     """A rank's communication thread: runs submitted jobs in order (so every rank runs its collectives
-    in the same order), while the main thread computes. ``wait()`` re-raises a job's failure."""
+    in the same order), while the main thread computes. ``wait()`` re-raises a job's failure.
 
-    def __init__(self) -> None:
-        self.jobs: queue.Queue = queue.Queue()
+    ``inline``: run each job at once on the caller's thread instead (simulated ranks are greenlets of one
+    thread, which no other thread may call into; their virtual clock is one sum either way)."""
+
+    def __init__(self, inline: bool = False) -> None:
+        self.inline = inline
         self.pending = 0
-        self.done = threading.Condition()
         self.error: BaseException | None = None
+        if inline:
+            return
+        self.jobs: queue.Queue = queue.Queue()
+        self.done = threading.Condition()
         self.thread = threading.Thread(target=self._loop, name=f"{threading.current_thread().name}-comm", daemon=True)
         self.thread.start()
 
@@ -139,14 +145,22 @@ class CommThread:
                 self.done.notify_all()
 
     def submit(self, job) -> None:
+        if self.inline:
+            if self.error is None:
+                try:
+                    job()
+                except BaseException as e:    # noqa: BLE001 - raised by wait(), as from the thread
+                    self.error = e
+            return
         with self.done:
             self.pending += 1
         self.jobs.put(job)
 
     def wait(self) -> None:
-        with self.done:
-            while self.pending:
-                self.done.wait()
+        if not self.inline:
+            with self.done:
+                while self.pending:
+                    self.done.wait()
         if self.error is not None:
             raise self.error
 
@@ -156,7 +170,8 @@ class CommThread:
         self.wait()
 
     def close(self) -> None:
-        self.jobs.put(None)
+        if not self.inline:
+            self.jobs.put(None)
 
 
 class GradientSync:
@@ -170,7 +185,7 @@ class GradientSync:
         self.comp = make_compressor(getattr(o, "compress", "none"), error_feedback=getattr(o, "error_feedback", False),
                                     seed=model.seed, layout=model.slices)
         self.layouts = [sub_layout(model.slices, lo, hi) for lo, hi, _ in self.buckets]   # each bucket's matrices
-        self.thread = CommThread() if o.overlap and t.size > 1 else None
+        self.thread = CommThread(inline=getattr(t, "cooperative", False)) if o.overlap and t.size > 1 else None
         self.sent = 0
         self.where = ""
         if o.sync_bn:
