@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 import zlib
 from typing import Any, Sequence
 
@@ -51,19 +52,24 @@ def equal_offsets(m: int, p: int) -> list[int]:
     return [b * m for b in range(p + 1)]
 
 
-_scratch = threading.local()
+try:  # simulated ranks are greenlets of one thread: each needs its own scratch (the main greenlet is the thread's)
+    from greenlet import getcurrent as _current_task
+except ImportError:  # pragma: no cover - greenlet is a dependency
+    _current_task = threading.current_thread
+_scratch: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # task -> {slot: buffer}
 
 
 def scratch(n: int, dtype: np.dtype, slot: int = 0) -> np.ndarray:
-    """A reusable temporary array of ``n`` elements (per thread and slot; contents undefined).
+    """A reusable temporary array of ``n`` elements (per thread or simulated rank, and slot; contents undefined).
 
     Collectives receive partial results into it before reducing them. Reusing one buffer per
     thread avoids a fresh allocation, and the page faults of first touch, on every call.
     """
     dtype = np.dtype(dtype)
-    pool = getattr(_scratch, "pool", None)
+    task = _current_task()
+    pool = _scratch.get(task)
     if pool is None:
-        pool = _scratch.pool = {}
+        pool = _scratch[task] = {}
     nbytes = n * dtype.itemsize
     buf = pool.get(slot)
     if buf is None or buf.nbytes < nbytes:
@@ -101,10 +107,59 @@ def check_root(root: Any, size: int, name: str) -> int:
     return int(root)
 
 
-def combine(t: Transport, ufunc, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``out = ufunc(a, b)``, counted on the transport as a reduction of out's bytes (gamma)."""
+class Recording:
+    """Base of a transport that records a collective's schedule instead of running it.
+
+    :mod:`mpisim.comm.plan` runs an algorithm once on such a recorder to learn its point-to-point
+    calls; the local work (:func:`combine`, :func:`copy`, :func:`canonical_nans`) comes to the
+    recorder as ``t.local(fn, *args)``, to be run later as ``fn(real_transport, *args)``.
+    """
+
+    def local(self, fn, *args: Any) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+def _combine(t: Transport, ufunc, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     ufunc(a, b, out=out)
     t.reduced(out.nbytes)
+
+
+def combine(t: Transport, ufunc, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out = ufunc(a, b)``, counted on the transport as a reduction of out's bytes (gamma)."""
+    if isinstance(t, Recording):
+        t.local(_combine, ufunc, a, b, out)
+        return
+    ufunc(a, b, out=out)
+    t.reduced(out.nbytes)
+
+
+def _copy(t: Transport, dst: np.ndarray, src: np.ndarray) -> None:
+    np.copyto(dst, src)
+
+
+def copy(t: Transport, dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src`` (a local copy, not counted; recorded by a plan like every local step)."""
+    if isinstance(t, Recording):
+        t.local(_copy, dst, src)
+        return
+    np.copyto(dst, src)
+
+
+def _canonical_nans(t: Transport, w: np.ndarray) -> None:
+    # w·w is NaN exactly when w holds a NaN (squares are >= 0, so no inf - inf), and BLAS's dot is
+    # 2-4x cheaper than isnan(w).any(); only then is the mask built
+    if w.size and np.isnan(w.dot(w)):
+        w[np.isnan(w)] = np.nan
+
+
+def canonical_nans(t: Transport, w: np.ndarray) -> None:
+    """Make every NaN in the float vector ``w`` the canonical quiet NaN (nothing for integers)."""
+    if w.dtype.kind != "f":
+        return
+    if isinstance(t, Recording):
+        t.local(_canonical_nans, w)
+        return
+    _canonical_nans(t, w)
 
 
 class Fold:
@@ -159,7 +214,7 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
     src = w if src is None else src
     if t.size == 1:
         if src is not w:
-            np.copyto(w, src)
+            copy(t, w, src)
         return
     f = Fold(t.rank, t.size)
     tmp = scratch(w.size, w.dtype, slot=1 if tag == TAG_CHECK else 0)
@@ -181,10 +236,7 @@ def rd_allreduce(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray |
                 combine(t, ufunc, src, tmp, w)
             src = w
             mask <<= 1
-        if w.dtype.kind == "f":
-            nans = np.isnan(w)
-            if nans.any():
-                w[nans] = np.nan
+        canonical_nans(t, w)
     if f.extra:
         t.recv(w, t.rank + 1, tag)
     elif f.folded:

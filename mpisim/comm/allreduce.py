@@ -18,10 +18,15 @@ makes equal to op(theirs, mine).
 """
 from __future__ import annotations
 
+import json
+import os
+from typing import Mapping, Sequence
+
 import numpy as np
 
 from ._common import (
     combine,
+    copy,
     TAG_ALLREDUCE,
     Fold,
     block_offsets,
@@ -35,11 +40,12 @@ from ._common import (
 from .allgather import rd_allgather_groups, ring_allgather
 from .formulas import UNEVEN, Call, Cost, make_cost, tree_kind
 from .reduce_scatter import halving_groups, ring_reduce_scatter
-from .registry import choices, computed_tuples, get, register
+from .registry import choices, computed_tuples, get, names, register
 from .rooted import binomial_bcast, binomial_reduce
 from .transport import Transport
 
-__all__ = ["ALLREDUCE_ALGORITHMS", "allreduce", "choose_allreduce"]
+__all__ = ["ALLREDUCE_ALGORITHMS", "allreduce", "choose_allreduce", "load_allreduce_table",
+           "set_allreduce_table"]
 
 # ALLREDUCE_ALGORITHMS: ("auto", then every registered allreduce algorithm), read on each access
 __getattr__, __dir__ = computed_tuples(__name__, ALLREDUCE_ALGORITHMS="allreduce")
@@ -51,17 +57,58 @@ __getattr__, __dir__ = computed_tuples(__name__, ALLREDUCE_ALGORITHMS="allreduce
 ALLREDUCE_SHORT_MSG = 2048
 
 
+# A table measured on this machine can replace MPICH's rule: ``python -m mpisim.bench --save-table
+# FILE`` writes, per rank count, the fastest algorithm at each size it timed, and
+# ``MPISIM_ALLREDUCE_TABLE=FILE`` (or set_allreduce_table) makes auto use it: for ``size`` ranks and
+# ``nbytes``, the entry of the smallest listed size >= nbytes. Rank counts and sizes beyond the table
+# keep MPICH's rule. Every rank must load the same table (a plan's init check compares the choice).
+TABLE_ENV = "MPISIM_ALLREDUCE_TABLE"
+_table: dict[int, list[tuple[int, str]]] | None = None   # None: not loaded yet
+
+
+def set_allreduce_table(table: Mapping[int, Sequence[tuple[int, str]]] | None) -> None:
+    """Make ``auto`` follow ``table`` ({ranks: [(up to nbytes, algorithm), ...]}); None or {}: MPICH's rule."""
+    global _table
+    rows: dict[int, list[tuple[int, str]]] = {}
+    for ranks, entries in (table or {}).items():
+        for upto, alg in entries:
+            if alg not in names("allreduce"):
+                raise ValueError(f"allreduce table: unknown algorithm {alg!r} for {ranks} ranks; "
+                                 f"choose one of {', '.join(names('allreduce'))}")
+        rows[int(ranks)] = sorted((int(upto), str(alg)) for upto, alg in entries)
+    _table = rows
+
+
+def load_allreduce_table(path: str) -> dict[int, list[tuple[int, str]]]:
+    """Read a table written by ``mpisim.bench --save-table`` ({"ranks": [[nbytes, algorithm], ...]})."""
+    try:
+        with open(path) as fh:
+            raw = json.load(fh)
+        return {int(k): [(int(n), str(a)) for n, a in v] for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"allreduce table {path}: cannot be read as a table of "
+                         f"{{ranks: [[bytes, algorithm], ...]}} ({exc})") from None
+
+
 def choose_allreduce(nbytes: int, count: int, size: int) -> str:
     """The algorithm ``auto`` runs for a vector of ``count`` elements (``nbytes``) on ``size`` ranks."""
+    if _table is None:
+        path = os.environ.get(TABLE_ENV)
+        set_allreduce_table(load_allreduce_table(path) if path else None)
     p2 = 1 << (size.bit_length() - 1)
-    if nbytes <= ALLREDUCE_SHORT_MSG or count < p2:
+    if count < p2:
+        return "recursive_doubling"
+    for upto, alg in _table.get(size, ()):
+        if nbytes <= upto:
+            return alg
+    if nbytes <= ALLREDUCE_SHORT_MSG:
         return "recursive_doubling"
     return "rabenseifner"
 
 
 def _naive(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
     # Linear: rank 0 receives from 1, 2, ..., p-1 in order, reduces, and sends the result to each.
-    np.copyto(w, src)
+    copy(t, w, src)
     if t.rank == 0:
         tmp = scratch(w.size, w.dtype)
         for peer in range(1, t.size):
@@ -95,7 +142,7 @@ register("allreduce", "naive", _naive, traffic=_two_trips, cost=_naive_cost, mar
 
 
 def _tree(t: Transport, w: np.ndarray, ufunc, tag: int, src: np.ndarray) -> None:
-    np.copyto(w, src)
+    copy(t, w, src)
     binomial_reduce(t, w, ufunc, 0, tag)
     binomial_bcast(t, w, 0, tag)
 

@@ -15,10 +15,11 @@ MPI_UNDEFINED), wrapped in an MPITransport whose counters also roll up into its 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -127,26 +128,36 @@ class MPITransport:
         return (MPI.ANY_SOURCE if source == ANY_SOURCE else source,
                 MPI.ANY_TAG if tag == ANY_TAG else tag)
 
+    def _truncated(self, exc: Exception, buf: np.ndarray) -> Exception:
+        """MPI's 'message truncated' as the CommError the protocol promises; any other error as it is."""
+        if not isinstance(exc, self._MPI.Exception) or exc.Get_error_class() != self._MPI.ERR_TRUNCATE:
+            return exc
+        return CommError(f"rank {self.rank}: an incoming message is larger than the receive "
+                         f"buffer ({buf.nbytes} bytes)")
+
     @contextlib.contextmanager
     def _truncation(self, buf: np.ndarray):
         """Turn MPI's 'message truncated' into the CommError the protocol promises."""
         try:
             yield
         except self._MPI.Exception as exc:
-            if exc.Get_error_class() != self._MPI.ERR_TRUNCATE:
+            err = self._truncated(exc, buf)
+            if err is exc:
                 raise
-            raise CommError(f"rank {self.rank}: an incoming message is larger than the receive "
-                            f"buffer ({buf.nbytes} bytes)") from exc
+            raise err from exc
 
     def _sent(self, buf: np.ndarray) -> None:
         count_sent(self._chain, buf.nbytes)
 
+    def _wrong_size(self, buf: np.ndarray, status: Any, nbytes: int) -> CommError:
+        return CommError(f"rank {self.rank}: message from rank {status.Get_source()} "
+                         f"(tag {status.Get_tag()}) has {nbytes} bytes but the receive buffer "
+                         f"holds {buf.nbytes}")
+
     def _received(self, buf: np.ndarray, status: Any) -> Status:
         nbytes = status.Get_count(self._MPI.BYTE)
         if nbytes != buf.nbytes:
-            raise CommError(f"rank {self.rank}: message from rank {status.Get_source()} "
-                            f"(tag {status.Get_tag()}) has {nbytes} bytes but the receive buffer "
-                            f"holds {buf.nbytes}")
+            raise self._wrong_size(buf, status, nbytes)
         count_received(self._chain, nbytes)
         return Status(status.Get_source(), status.Get_tag(), nbytes)
 
@@ -154,11 +165,13 @@ class MPITransport:
         # Sent as bytes: one datatype for every dtype, and a received size we can check exactly.
         return [buf, buf.nbytes, self._MPI.BYTE]
 
+    # The per-call path is short on purpose (a 4 KiB message costs MPI about 2 us): checks, one
+    # MPI call, the counts; try/except rather than a context manager around the MPI call.
     def send(self, buf: np.ndarray, dest: int, tag: int = 0) -> None:
         as_buffer(buf, "send buffer")
         check_peer(dest, self.size, "dest")
         t0 = time.perf_counter()
-        self.comm.Send(self._bytes(buf), dest, tag)
+        self.comm.Send([buf, buf.nbytes, self._MPI.BYTE], dest, tag)
         count_time(self._chain, time.perf_counter() - t0)
         self._sent(buf)
 
@@ -167,8 +180,10 @@ class MPITransport:
         src, tg = self._src_tag(source, tag)
         status = self._MPI.Status()
         t0 = time.perf_counter()
-        with self._truncation(buf):
-            self.comm.Recv(self._bytes(buf), src, tg, status)
+        try:
+            self.comm.Recv([buf, buf.nbytes, self._MPI.BYTE], src, tg, status)
+        except self._MPI.Exception as exc:
+            raise self._truncated(exc, buf) from exc
         count_time(self._chain, time.perf_counter() - t0)
         return self._received(buf, status)
 
@@ -178,10 +193,14 @@ class MPITransport:
         as_buffer(recvbuf, "receive buffer")
         check_peer(dest, self.size, "dest")
         src, tg = self._src_tag(source, recvtag)
+        BYTE = self._MPI.BYTE
         status = self._MPI.Status()
         t0 = time.perf_counter()
-        with self._truncation(recvbuf):
-            self.comm.Sendrecv(self._bytes(sendbuf), dest, sendtag, self._bytes(recvbuf), src, tg, status)
+        try:
+            self.comm.Sendrecv([sendbuf, sendbuf.nbytes, BYTE], dest, sendtag,
+                               [recvbuf, recvbuf.nbytes, BYTE], src, tg, status)
+        except self._MPI.Exception as exc:
+            raise self._truncated(exc, recvbuf) from exc
         count_time(self._chain, time.perf_counter() - t0)
         self._sent(sendbuf)
         return self._received(recvbuf, status)
@@ -203,6 +222,78 @@ class MPITransport:
         count_time(self._chain, time.perf_counter() - t0)
         return _MPIRequest(self, req, buf, is_recv=True)
 
+    def prepare(self, call: str, *args: Any) -> Callable[[], Any]:
+        """``getattr(self, call)(*args)`` as a call without arguments, checked and set up now, once.
+
+        For persistent plans (:mod:`mpisim.comm.plan`): ``send``, ``recv`` and ``sendrecv`` get the
+        argument checks and MPI's buffer specs done here, so each later call is the MPI call, the
+        received size check and the counts (the same counts as the plain call). Other calls are
+        bound as they are.
+        """
+        if call == "send":
+            buf, dest, tag = args
+            as_buffer(buf, "send buffer")
+            check_peer(dest, self.size, "dest")
+            return self._prepared(None, 0, 0, [buf, buf.nbytes, self._MPI.BYTE], dest, tag)
+        if call == "recv":
+            buf, source, tag = args
+            as_buffer(buf, "receive buffer")
+            src, tg = self._src_tag(source, tag)
+            return self._prepared(buf, src, tg)
+        if call == "sendrecv":
+            sendbuf, dest, recvbuf, source, sendtag, recvtag = args
+            as_buffer(sendbuf, "send buffer")
+            as_buffer(recvbuf, "receive buffer")
+            check_peer(dest, self.size, "dest")
+            src, tg = self._src_tag(source, recvtag)
+            return self._prepared(recvbuf, src, tg, [sendbuf, sendbuf.nbytes, self._MPI.BYTE], dest, sendtag)
+        return functools.partial(getattr(self, call), *args)
+
+    def _prepared(self, recvbuf: np.ndarray | None, src: int, tg: int,
+                  sendspec: list | None = None, dest: int = 0, sendtag: int = 0) -> Callable[[], None]:
+        """The closure behind :meth:`prepare`: one Send, Recv or Sendrecv on fixed buffers."""
+        MPI, comm, chain, clock = self._MPI, self.comm, self._chain, time.perf_counter
+        BYTE, MPIException = MPI.BYTE, MPI.Exception
+        status = MPI.Status()
+        sent = sendspec[1] if sendspec is not None else 0
+        want = recvbuf.nbytes if recvbuf is not None else 0
+        recvspec = [recvbuf, want, BYTE] if recvbuf is not None else None
+        if recvspec is None:
+            Send = comm.Send
+
+            def run() -> None:
+                t0 = clock()
+                Send(sendspec, dest, sendtag)
+                dt = clock() - t0
+                for t in chain:
+                    s = t.stats
+                    s.comm_time += dt
+                    s.messages_sent += 1
+                    s.bytes_sent += sent
+            return run
+        exchange = (functools.partial(comm.Sendrecv, sendspec, dest, sendtag, recvspec, src, tg, status)
+                    if sendspec is not None else functools.partial(comm.Recv, recvspec, src, tg, status))
+
+        def run() -> None:
+            t0 = clock()
+            try:
+                exchange()
+            except MPIException as exc:
+                raise self._truncated(exc, recvbuf) from exc
+            dt = clock() - t0
+            got = status.Get_count(BYTE)
+            if got != want:
+                raise self._wrong_size(recvbuf, status, got)
+            for t in chain:
+                s = t.stats
+                s.comm_time += dt
+                if sendspec is not None:
+                    s.messages_sent += 1
+                    s.bytes_sent += sent
+                s.messages_received += 1
+                s.bytes_received += got
+        return run
+
     # -- beyond the protocol: MPI-only calls, for baselines and for ending a failed job -------------
     def native_allreduce(self, array: np.ndarray, out: np.ndarray) -> np.ndarray:
         """MPI's own ``MPI_Allreduce`` (sum) of ``array`` into ``out``: the baseline the hand-written
@@ -216,6 +307,10 @@ class MPITransport:
             self.comm.Allreduce(array, out, op=self._MPI.SUM)
         count_time(self._chain, time.perf_counter() - t0)
         return out
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of wall time (the simulated transport lets its other ranks run meanwhile)."""
+        time.sleep(seconds)
 
     def abort(self, code: int = 1) -> None:
         """End every process of the job (``MPI_Abort``) with exit status ``code``."""
