@@ -8,11 +8,13 @@ Transports (one rank's endpoint; see :mod:`mpisim.comm.transport`):
 Collectives, each ``f(transport, array, ...)`` and written only on send/recv/sendrecv:
 :func:`allreduce`, :func:`bcast`, :func:`reduce`, :func:`gather`, :func:`scatter`,
 :func:`allgather`, :func:`reduce_scatter`, :func:`barrier`. Their algorithms, with cost
-formulas, explanations and plot styles, are registered in :mod:`mpisim.comm.registry`.
+formulas, explanations and plot styles, are registered in :mod:`mpisim.comm.registry`; the
+hierarchical allreduce (:mod:`mpisim.comm.hierarchical`) registers itself when this package is imported.
 """
 from ._common import DTYPES, OPS, set_consistency_check
 from .allgather import allgather
 from .allreduce import allreduce, choose_allreduce
+from . import hierarchical  # noqa: F401  registers the hierarchical allreduce
 from .barrier import barrier
 from .reduce_scatter import reduce_scatter
 from .registry import computed_tuples

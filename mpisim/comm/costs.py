@@ -23,14 +23,24 @@ the same thing, so:
 
 Each algorithm's formulas sit beside its code, registered with it (:mod:`mpisim.comm.registry`);
 the functions here look them up.
+
+On a topology (``ppn``: ranks per node, see :mod:`mpisim.comm.network`) a formula written for one
+link (forms (a, b, c)) charges every message the slower link: an upper bound (``bound``), met
+exactly by the ring allreduce, whose every step has a message on each kind of link. The ring's
+and Rabenseifner's allreduce also get their forms in both links, Rabenseifner's
+exact for p and L powers of two (its first lg N steps cross nodes, the last lg L stay inside); the
+hierarchical allreduce (:mod:`mpisim.comm.hierarchical`) is written in both links from the start.
+With ``contention`` on a topology the formulas leave the shared node links out (``approx``).
 """
 from __future__ import annotations
+
+from fractions import Fraction
 
 from .allreduce import choose_allreduce
 from .formulas import Call, Cost, make_cost
 from .registry import ALGORITHMS, Algorithm, get
 
-__all__ = ["ALGORITHMS", "Cost", "allreduce_formula", "allreduce_traffic", "cost", "traffic"]
+__all__ = ["ALGORITHMS", "Cost", "allreduce_formula", "allreduce_traffic", "cost", "times", "traffic"]
 
 # ALGORITHMS: {collective: tuple of its registered algorithms}, the ones the report covers (auto
 # only picks among them); read from the registry on every access
@@ -43,35 +53,93 @@ def _entry(coll: str, algorithm: str, count: int, itemsize: int, p: int) -> Algo
     return get(coll, algorithm)
 
 
-def traffic(coll: str, algorithm: str, p: int, count: int, itemsize: int) -> tuple[int, int]:
+def traffic(coll: str, algorithm: str, p: int, count: int, itemsize: int, *, ppn: int = 0) -> tuple[int, int]:
     """(messages, bytes) all ``p`` ranks send in one call on ``count`` elements (the whole
-    result's count for gather, scatter and allgather), exact for any p and count."""
+    result's count for gather, scatter and allgather), exact for any p and count; ``ppn``: ranks per
+    node (only the hierarchical allreduce depends on it)."""
     alg = _entry(coll, algorithm, count, itemsize, p)
-    return (0, 0) if p == 1 else alg.traffic(Call(p, count, itemsize))
+    return (0, 0) if p == 1 else alg.traffic(Call(p, count, itemsize, ppn=ppn))
 
 
-def cost(coll: str, algorithm: str, p: int, count: int, itemsize: int, *, contention: bool = False) -> Cost:
-    """The closed-form time of one call (see the module docstring for ``kind``)."""
+def cost(coll: str, algorithm: str, p: int, count: int, itemsize: int, *, contention: bool = False,
+         ppn: int = 0) -> Cost:
+    """The closed-form time of one call (see the module docstring for ``kind``; ``ppn``: ranks per node)."""
     try:
         alg = _entry(coll, algorithm, count, itemsize, p)
     except ValueError:
         raise ValueError(f"no cost formula for {coll} algorithm {algorithm!r}") from None
-    return make_cost("0", (0, 0, 0)) if p == 1 else alg.cost(Call(p, count, itemsize, contention))
+    if p == 1:
+        return make_cost("0", (0, 0, 0))
+    c = Call(p, count, itemsize, contention, ppn)
+    res = alg.cost(c)
+    if not ppn or all(len(f) == 5 for f in res.forms):
+        return res
+    if c.nodes == 1:      # every message stays inside the node: the one-link forms on the intra-node link
+        return Cost(res.text, tuple((*f, 0, 0) if len(f) == 3 else f for f in res.forms), res.kind, res.why)
+    if coll == "allreduce" and alg.name in _ON_NODES:
+        res = _ON_NODES[alg.name](c, res)
+    elif res.kind == "exact":
+        res = Cost(res.text, res.forms, "bound", SLOWER)
+    if contention:
+        res = Cost(res.text, res.forms, "approx", "contention on a topology: the formula leaves the node's shared "
+                   "links out")
+    return res
 
 
-def allreduce_traffic(algorithm: str, count: int, itemsize: int, p: int) -> tuple[int, int]:
+SLOWER = "a topology: every message is charged the slower link"
+
+
+def _ring_on_nodes(c: Call, flat: Cost) -> Cost:
+    # every step has a message on each kind of link (on every link when L = 1): the slower one sets the pace
+    p, b = c.p, c.b
+    inter = (0, 0, (p - 1) * b, 2 * (p - 1), 2 * (p - 1) * b)
+    forms = (inter,) if c.per_node == 1 else ((2 * (p - 1), 2 * (p - 1) * b, (p - 1) * b, 0, 0), inter)
+    return make_cost("2(p-1)·max(α + n/p·β, αₑ + n/p·βₑ) + (p-1)/p·nγ", *forms, kind=flat.kind, why=flat.why)
+
+
+def _rabenseifner_on_nodes(c: Call, flat: Cost) -> Cost:
+    if not (c.pow2 and c.per_node & (c.per_node - 1) == 0):
+        return Cost(flat.text, flat.forms, "bound" if flat.kind == "exact" else flat.kind, flat.why or SLOWER)
+    # halving step k sends n/2^k to the rank p/2^k away: across nodes for the first lg N steps
+    n, N, L = c.n, c.nodes, c.per_node
+    lgN, lgL = N.bit_length() - 1, L.bit_length() - 1
+    return make_cost("2 lg L·α + 2(1/N - 1/p)·nβ + 2 lg N·αₑ + 2(N-1)/N·nβₑ + (p-1)/p·nγ",
+                     (2 * lgL, 2 * (Fraction(n, N) - c.b), n - c.b, 2 * lgN, 2 * (n - Fraction(n, N))),
+                     kind=flat.kind, why=flat.why)
+
+
+# the flat algorithms' forms in both links (they would sit beside the algorithms, as a registry entry's
+# cost taking Call.ppn into account)
+_ON_NODES = {"ring": _ring_on_nodes, "rabenseifner": _rabenseifner_on_nodes}
+
+
+def allreduce_traffic(algorithm: str, count: int, itemsize: int, p: int, *, ppn: int = 0) -> tuple[int, int]:
     """(messages, bytes) sent by all ``p`` ranks together in one allreduce of ``count`` elements.
 
     With L = lg p2 (the fold adds 2r whole-vector messages): naive and tree 2(p-1) messages of n
     bytes; recursive doubling p2 L + 2r of n; ring 2p(p-1) messages, 2(p-1) n bytes; Rabenseifner
     2 p2 L + 2r messages, (2(p2-1) + 2r) n bytes. Exact for any n: every block that travels is a
-    whole range of the vector and the ranges of one step tile it.
+    whole range of the vector and the ranges of one step tile it. ``ppn``: ranks per node (the
+    hierarchical allreduce's counts depend on it).
     """
-    return traffic("allreduce", algorithm, p, count, itemsize)
+    return traffic("allreduce", algorithm, p, count, itemsize, ppn=ppn)
 
 
-def allreduce_formula(algorithm: str, count: int, itemsize: int, p: int, *, n: str = "n") -> str:
+def allreduce_formula(algorithm: str, count: int, itemsize: int, p: int, *, n: str = "n", ppn: int = 0) -> str:
     """The bytes-sent formula of :func:`allreduce_traffic` as text in N (ranks) and ``n`` (the vector's
     bytes; a paradigm passes "b·P")."""
-    text = _entry("allreduce", algorithm, count, itemsize, p).formula(Call(p, count, itemsize))
+    text = _entry("allreduce", algorithm, count, itemsize, p).formula(Call(p, count, itemsize, ppn=ppn))
     return text if n == "n" else text.replace("·n", "·" + n)
+
+
+def times(factor: str, text: str) -> str:
+    """``factor·text``, with ``text`` in parentheses when it is a sum outside any bracket ('S·(a + b)')."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if depth == 0 and text.startswith(" + ", i):
+            return f"{factor}·({text})"
+    return f"{factor}·{text}"

@@ -2,7 +2,8 @@
 
 Notation (Thakur, Rabenseifner and Gropp 2005): p ranks, n bytes, lg the base-2 logarithm; for p
 not a power of two, p2 is the largest power of two below p, r = p - p2 and L = lg p2 (MPICH's
-fold, :class:`mpisim.comm._common.Fold`). :mod:`mpisim.comm.costs` says what ``kind`` means.
+fold, :class:`mpisim.comm._common.Fold`). On a topology, L ranks per node on N nodes, α β the
+intra-node link and αₑ βₑ the inter-node one. :mod:`mpisim.comm.costs` says what ``kind`` means.
 Each algorithm's own formulas sit beside its code and are registered with it
 (:mod:`mpisim.comm.registry`).
 """
@@ -26,13 +27,27 @@ class Call:
     """One call of a collective: ``count`` elements of ``itemsize`` bytes on ``p`` ranks.
 
     ``count`` is the whole result's for gather, scatter and allgather; ``contention`` is the
-    network's per-link limit (only the naive allreduce's formula depends on it).
+    network's per-link limit (only the naive allreduce's formula depends on it); ``ppn`` the ranks
+    per node of a topology (0: none, all ranks on one link; a ppn that does not divide p is taken
+    as one node, as the hierarchical allreduce takes such a layout).
     """
 
     p: int
     count: int
     itemsize: int
     contention: bool = False
+    ppn: int = 0
+
+    @property
+    def per_node(self) -> int:
+        """Ranks per node: ppn when it splits the p ranks into several equal nodes, else p (one node)."""
+        ppn = self.ppn
+        return ppn if 0 < ppn < self.p and self.p % ppn == 0 else self.p
+
+    @property
+    def nodes(self) -> int:
+        """Nodes the p ranks span (1 without a topology)."""
+        return self.p // self.per_node
 
     @property
     def n(self) -> int:
@@ -81,7 +96,12 @@ class Call:
 
 @dataclass(frozen=True)
 class Cost:
-    """Time = the largest over ``forms`` of a*alpha + b*beta + c*gamma (b, c in bytes)."""
+    """Time = the largest over ``forms`` of a*alpha + b*beta + c*gamma (b, c in bytes).
+
+    A form (a, b, c) charges the one link of a flat network (on a topology, the slower link:
+    :meth:`mpisim.comm.network.Network.time`); a form (a, b, c, ae, be) charges a and b to the
+    intra-node link and ae messages and be bytes to the inter-node one.
+    """
 
     text: str
     forms: tuple[tuple[Fraction, Fraction, Fraction], ...]
@@ -96,7 +116,8 @@ class Cost:
 
 
 def make_cost(text: str, *forms, kind: str = "exact", why: str = "") -> Cost:
-    """A :class:`Cost` from ``text`` and forms (a, b, c) of any numbers (kept as exact fractions)."""
+    """A :class:`Cost` from ``text`` and forms (a, b, c) or (a, b, c, ae, be) of any numbers (kept as exact
+    fractions)."""
     return Cost(text, tuple(tuple(Fraction(x) for x in f) for f in forms), kind, why)
 
 

@@ -54,7 +54,8 @@ def test_a_new_algorithm_is_listed_everywhere(chain):
     allreduce_module = importlib.import_module("mpisim.comm.allreduce")
     assert mpisim.comm.ALLREDUCE_ALGORITHMS == allreduce_module.ALLREDUCE_ALGORITHMS
     assert mpisim.comm.ALLREDUCE_ALGORITHMS[0] == "auto" and mpisim.comm.ALLREDUCE_ALGORITHMS[-1] == "chain"
-    assert costs.ALGORITHMS["allreduce"] == ("naive", "tree", "recursive_doubling", "ring", "rabenseifner", "chain")
+    assert costs.ALGORITHMS["allreduce"] == ("naive", "tree", "recursive_doubling", "ring", "rabenseifner",
+                                          "hierarchical", "chain")
     assert registry.get("allreduce", "chain") is chain
 
 
@@ -147,8 +148,8 @@ def test_a_fifth_preset_shows_in_the_report(monkeypatch):
     report.model_section(doc, NET)
     report.crossover_section(doc, [4], {}, {})
     text = str(doc)
-    assert "| ib-hdr | 1 us | 20 GB/s | 5 GB/s | 200 Gbit/s InfiniBand |" in text
-    assert "| shm | 500 ns | 10 GB/s | 5 GB/s | ranks of one node, shared memory |" in text
+    assert "| ib-hdr | - | 1 us | 20 GB/s | 5 GB/s | 200 Gbit/s InfiniBand |" in text   # "-": one node
+    assert "| shm | - | 500 ns | 10 GB/s | 5 GB/s | ranks of one node, shared memory |" in text
     assert "n* ib-hdr" in text
     assert parse_network("ib-hdr,contention").description == "200 Gbit/s InfiniBand"
 
