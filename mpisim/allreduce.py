@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce, bcast, choose_allreduce
-from .comm.costs import allreduce_traffic
+from .comm.costs import allreduce_traffic, times
+from .comm.hierarchical import known_ranks_per_node
 from .nn import BatchNorm1d
 from .train import gather_batch
 from .train.compress import add_compress_args, check_compress_args, make_compressor, sub_layout
@@ -185,6 +186,7 @@ class GradientSync:
         self.comp = make_compressor(getattr(o, "compress", "none"), error_feedback=getattr(o, "error_feedback", False),
                                     seed=model.seed, layout=model.slices)
         self.layouts = [sub_layout(model.slices, lo, hi) for lo, hi, _ in self.buckets]   # each bucket's matrices
+        self.ppn = self.comp.ppn = known_ranks_per_node(t)   # the hierarchical allreduce's formulas need it
         self.thread = CommThread(inline=getattr(t, "cooperative", False)) if o.overlap and t.size > 1 else None
         self.sent = 0
         self.where = ""
@@ -228,7 +230,7 @@ class GradientSync:
             m, b = self.comp.traffic(hi - lo, N, layout, algorithm=self.alg, itemsize=w)
             per[0] += m
             per[1] += b
-            plain += allreduce_traffic(self.alg, hi - lo, w, N)[1]
+            plain += allreduce_traffic(self.alg, hi - lo, w, N, ppn=self.ppn)[1]
         return (per[0], per[1]), plain
 
     def hook(self, layer: int) -> None:
@@ -330,7 +332,7 @@ class DataParallel(Role):
         if alg != "mpi":
             (m, b), _ = self.sync.traffic(N)
             text = comp.formula(P, N, run.model.slices, algorithm=alg, itemsize=w)
-            formula = Formula(f"S·({text})" if comp.name != "none" else f"S·{text}", m * S, b * S, m * S, b * S)
+            formula = Formula(f"S·({text})" if comp.name != "none" else times("S", text), m * S, b * S, m * S, b * S)
         legend = (f"communication in this run: P = {P:,} parameters, b = {w} bytes, N = {N} ranks, S = {S} "
                   f"steps, {len(self.sync.buckets)} bucket(s), algorithm {alg}"
                   + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)"

@@ -30,6 +30,7 @@ import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce
 from .comm.costs import allreduce_traffic
+from .comm.hierarchical import known_ranks_per_node
 from .data import dataset_shape
 from .nn.loss import SoftmaxCrossEntropy
 from .nn.stage import SlotPool, Stage, block_flops
@@ -270,8 +271,9 @@ class GridRank(Role):
                     for j in range(m):
                         tm, tb = cores[0].traffic(int(offs[j + 1] - offs[j]), need_dx=s > 0)
                         msgs, nbytes = msgs + tm, nbytes + tb
+            ppn = known_ranks_per_node(self.data)              # every (s, k) data group is laid out alike
             for piece in pieces:                               # each (s, k) piece summed over the D replicas
-                dm, db = allreduce_traffic(o.algorithm, piece, w, D)
+                dm, db = allreduce_traffic(o.algorithm, piece, w, D, ppn=ppn)
                 msgs, nbytes = msgs + dm, nbytes + db
         return msgs, nbytes
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce
-from .comm.costs import allreduce_formula, allreduce_traffic
+from .comm.costs import allreduce_formula, allreduce_traffic, times
+from .comm.hierarchical import known_ranks_per_node
 from .train.compress import add_compress_args, check_compress_args, make_compressor
 from .train.distributed import Formula
 from .train.options import _int_at_least
@@ -66,6 +67,7 @@ class LocalSGD(Role):
         self.averages = 0
         self.comp = make_compressor(o.compress, error_feedback=o.error_feedback, seed=run.model.seed,
                                     layout=run.model.slices)
+        self.comp.ppn = known_ranks_per_node(run.t)    # for the hierarchical allreduce's formulas
         # compressed: the parameters of the last average, the same on every rank (an average ends each epoch,
         # so a checkpoint holds them too)
         self.anchor = run.model.params.copy() if o.compress != "none" else None
@@ -118,8 +120,10 @@ class LocalSGD(Role):
         first = run.state.start_epoch                    # A in closed form: ceil(S_e / H_e) per epoch run
         A = sum(-(-run.steps // self.period(e)) for e in range(first, first + run.epochs_run))
         if self.anchor is None:
-            m, nbytes = (A * x for x in allreduce_traffic(o.algorithm, P, b, N))
-            text = f"A·{allreduce_formula(o.algorithm, P, b, N, n='b·P')}"
+            ppn = known_ranks_per_node(run.t)
+            m, nbytes = (A * x for x in allreduce_traffic(o.algorithm, P, b, N, ppn=ppn))
+            text = allreduce_formula(o.algorithm, P, b, N, n='b·P', ppn=ppn)
+            text = times("A", text)
         else:
             m, nbytes = (A * x for x in self.comp.traffic(P, N, algorithm=o.algorithm, itemsize=b))
             text = f"A·[{self.comp.formula(P, N, algorithm=o.algorithm, itemsize=b)}]"

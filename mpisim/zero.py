@@ -53,7 +53,8 @@ import numpy as np
 
 from .comm import allgather, allreduce, gather, reduce_scatter
 from .comm.allgather import choose_allgather
-from .comm.costs import allreduce_formula, allreduce_traffic, traffic
+from .comm.costs import allreduce_formula, allreduce_traffic, times, traffic
+from .comm.hierarchical import known_ranks_per_node
 from .comm.reduce_scatter import choose_reduce_scatter
 from .nn import Linear
 from .train import gather_batch
@@ -399,7 +400,8 @@ class Zero:
     def traffic(self) -> tuple[int, int]:
         """(messages, bytes) all the group's ranks send in one step."""
         N, w = self.t.size, self.b
-        per = [allreduce_traffic(alg, n, w, N) if c == "allreduce" else traffic(c, alg, N, n, w)
+        ppn = known_ranks_per_node(self.t)
+        per = [allreduce_traffic(alg, n, w, N, ppn=ppn) if c == "allreduce" else traffic(c, alg, N, n, w)
                for c, alg, n in self.calls()]
         return sum(m for m, _ in per), sum(b for _, b in per)
 
@@ -407,7 +409,7 @@ class Zero:
         """The closed form of one step's bytes, as text."""
         N, w, P = self.t.size, self.b, self.P
         if self.stage == 0:
-            return allreduce_formula(self.alg, P, w, N, n="b·P")
+            return allreduce_formula(self.alg, P, w, N, n="b·P", ppn=known_ranks_per_node(self.t))
         gathers = "2N" if self.stage == 3 else "N"
         if all(alg == "ring" for _, alg, _ in self.calls()):
             return f"(N-1)·b·(P + {gathers}·Σm_l)"
@@ -484,7 +486,7 @@ class ZeroRank(Role):
         z, N = self.zero, self.run.size
         P, w, S = z.P, z.b, z.steps
         m, b = z.traffic()
-        formula = Formula(f"S·{z.formula_text()}", m * S, b * S, m * S, b * S)
+        formula = Formula(times("S", z.formula_text()), m * S, b * S, m * S, b * S)
         algs = sorted({(c, a) for c, a, _ in z.calls()})
         legend = (f"communication in this run: P = {P:,} parameters, b = {w} bytes, N = {N} ranks, S = {S} steps, "
                   f"stage {z.stage}: "

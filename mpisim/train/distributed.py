@@ -60,9 +60,11 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="with --sim: fail a rank blocked this long in a receive (default 120)")
     g.add_argument("--network", type=_network, default=None, metavar="SPEC",
                    help="with --sim: model the network and report each rank's virtual time: a preset "
-                        f"({', '.join(PRESETS)}) or alpha=5us,beta=1GB/s,gamma=0.2ns, optionally with "
-                        ",contention (one message at a time per incoming link) and ,compute=wall or "
-                        ",compute=10GFLOP/s (what local computation costs; default: nothing)")
+                        f"({', '.join(PRESETS)}) or alpha=5us,beta=1GB/s,gamma=0.2ns; nodes with nodes=4x8 or "
+                        "ppn=8, their links intra=LINK and inter=LINK (or inter-alpha=,inter-beta=) and an "
+                        "oversubscribed fabric oversub=S; optionally ,contention (one message at a time per "
+                        "incoming link and per node uplink and downlink) and ,compute=wall or ,compute=10GFLOP/s "
+                        "(what local computation costs; default: nothing)")
     g.add_argument("--inject-fault", type=_fault, default=None, metavar="RANK:STEP:KIND",
                    help="make RANK fail at its STEP-th training step (counted from 1 over the run), to see what "
                         "a failure does: KIND raise (an exception), nan (a NaN in its input, so a NaN loss), "
@@ -170,7 +172,15 @@ def _with_ftz(t, body, *args):
 
 
 def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) -> int:
-    cluster = SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network)
+    if not 0 < train.sim_timeout < 1e9:
+        print(f"{prog}: error: --sim-timeout must be a number of seconds > 0 and below 1e9, got {train.sim_timeout:g}",
+              file=sys.stderr, flush=True)
+        return 2
+    try:
+        cluster = SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network)
+    except (MemoryError, ValueError) as e:   # too many ranks for this machine; a topology of another size
+        print(f"{prog}: error: --sim {train.sim}: {e}", file=sys.stderr, flush=True)
+        return 2
     try:
         cluster.run(_with_ftz, body, *args)
     except RankError as e:

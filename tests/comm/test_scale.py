@@ -63,7 +63,7 @@ def test_the_cluster_keeps_no_per_pair_state():
 
 
 def test_too_many_ranks_are_refused_with_the_estimate():
-    with pytest.raises(MemoryError, match=r"99,999,999,999,999 simulated ranks need about .* GiB .* per rank"):
+    with pytest.raises(MemoryError, match=r"99,999,999,999,999 simulated ranks need about [0-9,]+ TiB \(24 KiB per rank\) but .* is available"):
         SimCluster(99_999_999_999_999)
     assert memory_estimate(10, 100) == 10 * (RANK_BYTES + 100)
     with pytest.raises(MemoryError, match="per rank"):
