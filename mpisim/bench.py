@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="how the --repeats measurements combine; min suits a shared, noisy machine (default median)")
     ap.add_argument("--csv", metavar="FILE", help="also write the rows to FILE as CSV (rank 0)")
+    ap.add_argument("--trace", metavar="FILE.json",
+                    help="write every rank's collective calls and messages as a Chrome trace (open in Perfetto or "
+                         "chrome://tracing; gathered to rank 0, clocks aligned); a full sweep makes a large file")
+    ap.add_argument("--timeline", metavar="FILE.png", help="draw the same as a Gantt chart, ranks by time")
     ap.add_argument("--save-table", metavar="FILE",
                     help="write the fastest algorithm per size for this rank count into FILE (JSON, merged with "
                          "the other rank counts already there); MPISIM_ALLREDUCE_TABLE=FILE makes auto use it")
@@ -138,10 +142,17 @@ def main(argv: list[str] | None = None) -> int:
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
                 ap.error(f"{opt}: cannot write in {folder} (no such folder, or not writable)")
+    from .trace import Tracer, check_output, finish
+    for flag, path, suffix in (("--trace", args.trace, ".json"), ("--timeline", args.timeline, ".png")):
+        why = path and check_output(path, suffix)
+        if why:
+            ap.error(f"{flag}: {why}")
 
     from mpi4py import MPI
 
-    t = mpi_transport()
+    base = mpi_transport()
+    tracer = Tracer(base) if args.trace or args.timeline else None
+    t = tracer.wrap(base) if tracer else base
     ref = MPI.COMM_WORLD.Dup()  # MPI's own Allreduce runs on its own communicator
     p, rank = t.size, t.rank
     dtype = np.dtype(args.dtype)
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{fmt_size(size) if i == 0 else '':>10} {name:>28} {iters:>6} {tt * 1e6:>11.1f} "
                 f"{size / tt / 1e9:>11.3f} {size / tt / 1e9 * bus:>11.3f} {tt / t_mpi:>7.2f}", flush=True)
 
+    if tracer:  # every rank: the spans are gathered to rank 0
+        finish(tracer, args.trace, args.timeline, title=f"mpisim.bench, {p} ranks")
     if rank == 0:
         for s, most in TARGETS.items():
             if s not in sizes:

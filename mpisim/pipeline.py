@@ -39,6 +39,7 @@ import numpy as np
 from .comm import allreduce, gather
 from .nn import SCHEDULES as LR_SCHEDULES
 from .nn.stage import Slot, Stage, balance, block_flops
+from .trace import span
 from .train import gather_batch
 from .train.distributed import Formula
 from .train.options import _int_at_least, prepare_output_file
@@ -177,8 +178,9 @@ class Engine:
     def _work(self, fn, flops: int, op: str, j: int):
         """Run ``fn()`` as computation: FLOPs charged to the virtual clock, busy time and the event kept."""
         t0, c0, v0 = time.perf_counter(), self._clock(), self.t.clock if self.virtual else 0
-        out = fn()
-        self.t.compute(flops)
+        with span("forward" if op == "F" else "backward"):     # a traced run's span (mpisim.trace)
+            out = fn()
+            self.t.compute(flops)
         dt = time.perf_counter() - t0
         self.busy_w += dt
         if not getattr(self.stage, "meters_itself", False):     # a tensor-parallel stage counts its own

@@ -43,11 +43,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .comm import ALLREDUCE_ALGORITHMS, allreduce, choose_allreduce
-from .comm.costs import allreduce_formula, allreduce_traffic
+from .comm.costs import allreduce_formula, allreduce_traffic, times
+from .comm.hierarchical import known_ranks_per_node
 from .nn import MLP
 from .nn.device import CPU
 from .nn.layers import BatchNorm1d, Dropout, Layer, LeakyReLU, Linear
 from .nn.loss import SoftmaxCrossEntropy
+from .trace import span
 from .train import gather_batch
 from .train.distributed import Formula, Meter
 from .train.runtime import Paradigm, Part, Payload, Role, Run
@@ -231,6 +233,10 @@ class TensorParallelMLP:
     def forward(self, x: np.ndarray, *, train: bool = True) -> tuple[np.ndarray, Tape]:
         """(B, d_a) -> (B, d_b), both whole on every rank; one allreduce (g) per pair. The tape keeps ``x``:
         leave it unchanged until :meth:`backward`."""
+        with span("forward" if train else "evaluate"):          # a traced run's span (mpisim.trace)
+            return self._forward(x, train)
+
+    def _forward(self, x: np.ndarray, train: bool) -> tuple[np.ndarray, Tape]:
         B = x.shape[0]
         tape = Tape([], [], [], B)
         h = x
@@ -272,6 +278,10 @@ class TensorParallelMLP:
         """Fill ``grads`` (or add to them, ``accumulate``) from the (B, d_b) gradient ``dy`` of the output
         (whole, the same on every rank; it may be overwritten). One allreduce (f) per pair, except the first
         layer's when ``need_dx`` is False; returns the (B, d_a) input gradient, whole, if ``need_dx``."""
+        with span("backward"):
+            return self._backward(tape, dy, need_dx, accumulate)
+
+    def _backward(self, tape: Tape, dy: np.ndarray, need_dx: bool, accumulate: bool) -> np.ndarray | None:
         B, d = tape.batch, dy
         for i in range(len(self.shards) - 1, -1, -1):
             s, x, first = self.shards[i], tape.inputs[i], i == 0
@@ -309,7 +319,8 @@ class TensorParallelMLP:
         """(messages, bytes) all ranks of ``t`` send in one step on ``batch`` examples, in closed form."""
         m = b = 0
         for d in self.allreduce_widths(need_dx=need_dx):
-            dm, db = allreduce_traffic(self.algorithm, batch * d, self.dtype.itemsize, self.T)
+            dm, db = allreduce_traffic(self.algorithm, batch * d, self.dtype.itemsize, self.T,
+                                       ppn=known_ranks_per_node(self.t))
             m, b = m + dm, b + db
         return m, b
 
@@ -390,14 +401,15 @@ class TensorParallel(Role):
         m, b = epochs * ((S - 1) * m_full + m_last), epochs * ((S - 1) * b_full + b_last)
         widths = core.allreduce_widths()
         w = run.model.dtype.itemsize
-        per = allreduce_formula(alg, B * (widths[0] if widths else 1), w, T, n="b·B·d")
+        per = allreduce_formula(alg, B * (widths[0] if widths else 1), w, T, n="b·B·d",
+                                ppn=known_ranks_per_node(core.t))
         picked = ""
         if alg == "auto" and widths and T > 1:
             names = sorted({choose_allreduce(bb * d * w, bb * d, T) for d in widths for bb in (B, last)})
             picked = f" ({', '.join(names)})"
             if len(names) > 1:              # auto picks by size: no one expression
                 per = "AR_auto(b·B·d)"
-        formula = Formula(f"Σ_steps Σ_d {per}", m, b, m, b)
+        formula = Formula(times("Σ_steps Σ_d", per).replace("Σ_d·", "Σ_d "), m, b, m, b)
         legend = (f"communication in this run: N = {T} ranks (the tensor group), b = {w} bytes, {epochs} epochs of "
                   f"{S} steps, B = {B} (the last {last}); per step {len(widths)} allreduce(s) of B x d, d = "
                   f"{', '.join(map(str, widths)) or '-'} (K forward g, K-1 backward f); algorithm {alg}{picked}")

@@ -41,7 +41,7 @@ from ._common import (
     consistency_check,
 )
 from .allreduce import choose_allreduce
-from .registry import choices, get
+from .registry import choices, dispatch, get
 from .transport import ANY_SOURCE, ANY_TAG, Status, Transport
 
 __all__ = ["AllreducePlan", "RECORDED", "allreduce_init"]
@@ -171,6 +171,11 @@ class AllreducePlan:
             self._refuse(array)
         if self.array.shape != self._shape:   # the bound array's shape was reassigned in place
             self._refuse(self.array)
+        if self.recorded and self.t.size > 1:  # a replay is one collective call (a traced run's span)
+            return dispatch("allreduce", self.algorithm, self._replay, self.t, self.out)
+        return self._replay()
+
+    def _replay(self, t: Transport | None = None, out: np.ndarray | None = None) -> np.ndarray:
         for step in self._steps:
             step()
         return self.out

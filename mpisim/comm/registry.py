@@ -11,6 +11,9 @@ Adding an algorithm is one :func:`register` call beside its code::
 
     register("allreduce", "chain", _chain, traffic=..., cost=..., formula=..., explain="...")
 
+An entry's ``run`` calls the registered function through :func:`set_call_hook`'s hook when one is set
+(:mod:`mpisim.trace` records each dispatched call as a span), directly otherwise.
+
 ``run`` has the signature its collective dispatches with (``w`` the flat working buffer, ``tag``
 the collective's tag, ``offs`` the blocks' offsets, ``m`` elements per rank):
 
@@ -37,13 +40,13 @@ import contextlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     from .formulas import Call, Cost
 
 __all__ = ["ALGORITHMS", "Algorithm", "COLLECTIVES", "choices", "computed_tuples", "get", "names",
-           "register", "registered"]
+           "dispatch", "register", "registered", "set_call_hook"]
 
 # the collectives, in the order the report lists them
 COLLECTIVES = ("allreduce", "bcast", "reduce", "gather", "scatter", "allgather", "reduce_scatter", "barrier")
@@ -77,9 +80,44 @@ def register(collective: str, name: str, run: Callable[..., None], *, traffic: C
                          + ("already registered" if name in algs else "not a name an algorithm can take"))
     if collective == "allreduce" and formula is None:
         raise ValueError(f"register: allreduce algorithm {name!r} needs a formula (the bytes sent, as text)")
-    alg = Algorithm(collective, name, run, traffic, cost, explain, marker, formula)
+    alg = Algorithm(collective, name, _dispatching(collective, name, run), traffic, cost, explain, marker, formula)
     algs[name] = alg
     return alg
+
+
+# A tracer (mpisim.trace) sees each dispatched call here: hook(collective, name, run, t, args, kwargs) runs
+# it. None, the usual case, costs one test per call.
+_call_hook: Callable | None = None
+
+
+def set_call_hook(hook: Callable | None) -> Callable | None:
+    """Install the function every dispatched call goes through (None: none); returns the previous one."""
+    global _call_hook
+    previous, _call_hook = _call_hook, hook
+    return previous
+
+
+def dispatch(collective: str, name: str, run: Callable[..., Any], t, *args, **kwargs) -> Any:
+    """``run(t, *args, **kwargs)``, through the call hook if one is set: for a call of ``collective`` with
+    algorithm ``name`` that does not go through a registry entry (a persistent plan's replay); ``args[0]``,
+    when an array, is the collective's vector."""
+    hook = _call_hook
+    if hook is None:
+        return run(t, *args, **kwargs)
+    return hook(collective, name, run, t, args, kwargs)
+
+
+def _dispatching(collective: str, name: str, run: Callable[..., None]) -> Callable[..., None]:
+    """``run`` behind the call hook (the registry's ``Algorithm.run``; ``__wrapped__`` is ``run``)."""
+    def dispatch(t, *args, **kwargs):
+        hook = _call_hook
+        if hook is None:
+            return run(t, *args, **kwargs)
+        return hook(collective, name, run, t, args, kwargs)
+    dispatch.__wrapped__ = run
+    dispatch.__name__ = getattr(run, "__name__", name)
+    dispatch.__doc__ = run.__doc__
+    return dispatch
 
 
 @contextlib.contextmanager

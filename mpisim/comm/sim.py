@@ -98,7 +98,11 @@ def memory_estimate(size: int, rank_bytes: int = 0) -> int:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+    """'3.2 GiB', '24 KiB': a byte count for a message."""
+    for unit, f in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= f:
+            return f"{n / f:,.3g} {unit}" if n < 1000 * f or unit != "TiB" else f"{n / f:,.0f} {unit}"
+    return f"{n:.0f} B"
 
 
 class RankError(RuntimeError):
@@ -700,12 +704,18 @@ class SimGroup(SimTransport):
 
 
 def run_simulated(n: int, fn: Callable[..., Any], *args: Any, network: Network | str | None = None,
-                  **kwargs: Any) -> list[Any]:
+                  trace: str | None = None, timeline: str | None = None, **kwargs: Any) -> list[Any]:
     """Run ``fn(transport, *args, **kwargs)`` on ``n`` simulated ranks; return per-rank results.
 
     ``network`` (a :class:`~mpisim.comm.network.Network` or a spec such as ``"10gbe"``) turns
-    the virtual clocks on. An exception on a rank is re-raised as :class:`RankError` (``.rank``,
-    ``.exc``); a deadlock as :class:`DeadlockError`; a receive blocked for ``MPISIM_SIM_TIMEOUT``
-    seconds (default 60) as :class:`CommTimeout`. Use :class:`SimCluster` to set the timeout.
+    the virtual clocks on. ``trace`` (a .json path) writes every rank's collectives and messages in the
+    Chrome trace event format, ``timeline`` (a .png path) draws them (see :mod:`mpisim.trace`); a bad path
+    is a ValueError before anything runs. An exception on a rank is re-raised as :class:`RankError`
+    (``.rank``, ``.exc``); a deadlock as :class:`DeadlockError`; a receive blocked for
+    ``MPISIM_SIM_TIMEOUT`` seconds (default 60) as :class:`CommTimeout`. Use :class:`SimCluster` to set
+    the timeout.
     """
+    if trace or timeline:
+        from ..trace import traced
+        fn = traced(fn, trace, timeline)
     return SimCluster(n, network=network).run(fn, *args, **kwargs)

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..trace import span
 from .device import make_device
 from .init import INITIALIZERS, init_weight
 from .layers import ACTIVATIONS, GELU, BatchNorm1d, Dropout, Layer, LeakyReLU, Linear, cached_buffer
@@ -202,13 +203,18 @@ class MLP:
 
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """Logits (B, classes), on the model's device. The returned array is reused by the next forward."""
-        self._upload()
-        return self._forward(x, train)
+        with span("forward" if train else "evaluate"):      # a traced run's span (mpisim.trace); else nothing
+            self._upload()
+            return self._forward(x, train)
 
     def backward(self, dlogits: np.ndarray, hook: Callable[[int], None] | None = None) -> None:
         """Fill ``self.grads`` (overwriting it). ``hook(i)`` runs after layer i's gradients are
         final, from the last layer down: a data-parallel trainer can start sending them early.
         On a GPU each layer's gradients reach ``self.grads`` before its hook runs."""
+        with span("backward"):
+            self._backward(dlogits, hook)
+
+    def _backward(self, dlogits, hook: Callable[[int], None] | None) -> None:
         d, rnd = dlogits, self._round
         staged = not self.ops.on_host
         if rnd is not None:                            # mixed precision: gradients in the half format too
@@ -250,13 +256,14 @@ class MLP:
         if n == 0:
             return float("nan"), float("nan")
         total_loss, correct = 0.0, 0
-        self._upload()
-        xp = self.ops.xp
-        for s in range(0, n, batch_size):
-            logits = self._forward(x[s:s + batch_size], train=False)
-            yb = xp.asarray(y[s:s + batch_size])
-            correct += int(xp.count_nonzero(logits.argmax(axis=1) == yb))
-            total_loss += self.loss_fn.forward(logits, yb) * len(yb)
+        with span("evaluate"):
+            self._upload()
+            xp = self.ops.xp
+            for s in range(0, n, batch_size):
+                logits = self._forward(x[s:s + batch_size], train=False)
+                yb = xp.asarray(y[s:s + batch_size])
+                correct += int(xp.count_nonzero(logits.argmax(axis=1) == yb))
+                total_loss += self.loss_fn.forward(logits, yb) * len(yb)
         return total_loss / n, correct / n
 
     def predict(self, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..trace import span
 from . import _kernels as K
 
 __all__ = ["OPTIMIZERS", "Optimizer", "SGD", "Adam", "AdamW", "make_optimizer"]
@@ -76,8 +77,9 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         self.steps += 1
-        K.sgd_step(self.params, self.grads, self.state["momentum_buffer"], self.lr, self.momentum,
-                   self.nesterov, self.weight_decay)
+        with span("optimizer"):         # a traced run's span (mpisim.trace); else nothing
+            K.sgd_step(self.params, self.grads, self.state["momentum_buffer"], self.lr, self.momentum,
+                       self.nesterov, self.weight_decay)
 
 
 class Adam(Optimizer):
@@ -97,8 +99,9 @@ class Adam(Optimizer):
         self.steps += 1
         bc1 = 1.0 - self.beta1 ** self.steps
         bc2 = 1.0 - self.beta2 ** self.steps
-        K.adam_step(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], self.lr,
-                    self.beta1, self.beta2, self.eps, bc1, bc2, self.weight_decay, self.decoupled)
+        with span("optimizer"):
+            K.adam_step(self.params, self.grads, self.state["exp_avg"], self.state["exp_avg_sq"], self.lr,
+                        self.beta1, self.beta2, self.eps, bc1, bc2, self.weight_decay, self.decoupled)
 
 
 class AdamW(Adam):

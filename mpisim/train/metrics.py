@@ -1,4 +1,5 @@
-"""Metrics: one JSON object per epoch (or round) in a file, a progress line, and the curves as a PNG."""
+"""Metrics: one JSON object per epoch (or round) in a file, a progress line, the curves as a PNG, and a
+traced run's time per role (:func:`time_table`, from :mod:`mpisim.trace`'s totals)."""
 from __future__ import annotations
 
 import io
@@ -7,9 +8,11 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["MetricsLog", "progress_line", "plot_curves"]
+__all__ = ["MetricsLog", "progress_line", "plot_curves", "time_table"]
 
 
 def _json_line(record: dict) -> str:
@@ -81,3 +84,35 @@ def plot_curves(records: list[dict], path: str | os.PathLike, *, title: str = ""
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def time_table(per_rank: np.ndarray, keys: tuple[str, ...], roles: dict[str, list[int]], *,
+               virtual: bool) -> tuple[str, dict]:
+    """The closing table's time per role from each rank's trace totals (``per_rank[r]``, laid out as
+    ``keys``: mpisim.trace.TOTAL_KEYS): text, and {role: figures} with the mean seconds per rank of the role
+    and the payload collectives' algbw and busbw (GB/s, summed bytes over summed seconds; None without)."""
+    col = {k: i for i, k in enumerate(keys)}
+    clock = "virtual" if virtual else "wall"
+    head = (f"{'role':<8} {'ranks':>5}  {'compute s':>10} {'comm s':>10} {'overlap s':>10} {'idle s':>10} "
+            f"{'run s':>10}  {'algbw GB/s':>10} {'busbw GB/s':>10}")
+    lines = [f"time per role, from the trace ({clock} seconds, mean per rank of the role):", head, "-" * len(head)]
+    out = {}
+    for role, ranks in roles.items():
+        if not ranks:
+            continue
+        rows = per_rank[ranks]
+        mean = {k: float(rows[:, col[k]].mean()) for k in ("compute", "comm", "overlap", "idle", "run")}
+        secs = float(rows[:, col["grad_s"]].sum())
+        alg = float(rows[:, col["grad_bytes"]].sum()) / secs / 1e9 if secs > 0 else None
+        bus = float(rows[:, col["grad_busbytes"]].sum()) / secs / 1e9 if secs > 0 else None
+        out[role] = {"ranks": len(ranks), **{f"{k}_s": v for k, v in mean.items()}, "algbw_GBps": alg,
+                     "busbw_GBps": bus}
+        bw = "".join(f" {'-' if v is None else f'{v:.4g}':>10}" for v in (alg, bus))
+        lines.append(f"{role:<8} {len(ranks):>5}  " + " ".join(f"{mean[k]:>10.4g}" for k in
+                                                               ("compute", "comm", "overlap", "idle", "run")) + " " + bw)
+    lines.append("compute: forward, backward, optimizer and other computation (less the transport calls inside it); "
+                 "comm: collectives and messages; overlap: both at once (a communication thread); idle: neither, "
+                 "within the rank's run")
+    lines.append("algbw = bytes / seconds of the payload collectives (the gradient or parameter vectors); busbw = "
+                 "algbw * 2(p-1)/p for an allreduce, (p-1)/p for an allgather or reduce-scatter (NCCL's definitions)")
+    return "\n".join(lines), out

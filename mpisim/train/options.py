@@ -23,7 +23,7 @@ __all__ = ["Parser", "add_training_args", "check_training_args", "prepare_output
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
-                     "download", "device", "matmul_backend", "inject_fault", "schedule_plot")
+                     "download", "device", "matmul_backend", "inject_fault", "schedule_plot", "trace", "timeline")
 
 
 class Parser(argparse.ArgumentParser):
@@ -186,6 +186,13 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     g.add_argument("--stop-after", type=_positive_int, default=None, metavar="K",
                    help=f"stop after {unit} K as if interrupted (to try --resume)")
     g.add_argument("--quiet", action="store_true", help="print nothing but errors: no progress lines, table or summary (files are still written)")
+    g.add_argument("--trace", metavar="FILE.json", default=None,
+                   help="write what every rank did when, in the Chrome trace event format (open it in Perfetto, "
+                        "ui.perfetto.dev, or chrome://tracing): a track per rank, spans for forward, backward, the "
+                        "optimizer, each collective and each message; virtual time with --network. The closing "
+                        "table then adds each role's compute, communication, overlap and idle seconds")
+    g.add_argument("--timeline", metavar="FILE.png", default=None,
+                   help="the same spans as a Gantt chart, ranks by time (needs matplotlib)")
 
 
 def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -211,8 +218,9 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
                 gpu_half_dtype(args.precision, device.xp)
             except ValueError as e:
                 p.error(str(e))
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        p.error("--plot needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
+    for flag in ("plot", "timeline"):
+        if getattr(args, flag) and importlib.util.find_spec("matplotlib") is None:
+            p.error(f"--{flag} needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')")
     if not 0 < args.gamma <= 1:
         p.error(f"--gamma must be in (0, 1], got {args.gamma}")
     if args.optimizer == "nesterov" and args.momentum <= 0:
@@ -223,7 +231,20 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error("--batchnorm needs --batch-size of at least 2")
     if args.plot and not args.plot.lower().endswith(".png"):
         p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
-    for name in ("metrics", "plot"):
+    for name, suffix in (("trace", ".json"), ("timeline", ".png")):
+        path = getattr(args, name)
+        if path and os.path.isdir(path):
+            p.error(f"--{name} {path} is a directory; give a file name")
+        if path and not path.lower().endswith(suffix):
+            p.error(f"--{name} writes a {suffix[1:].upper()} file: give a file name ending in {suffix}, not {path}")
+        if path and os.path.lexists(path) and not os.path.isdir(path):
+            if not os.path.isfile(path):
+                p.error(f"--{name} {path} exists and is not a regular file; give another file name")
+            if not os.access(path, os.W_OK):
+                p.error(f"--{name} {path}: cannot write this file")
+    if args.trace and args.metrics and os.path.abspath(args.trace) == os.path.abspath(args.metrics):
+        p.error(f"--trace and --metrics name the same file {args.trace}")
+    for name in ("metrics", "plot", "trace", "timeline"):
         if getattr(args, name):
             prepare_output_file(p, f"--{name}", getattr(args, name))
     if args.checkpoint:
@@ -297,6 +318,8 @@ class TrainOptions:
     resume: bool = False
     stop_after: int | None = None
     quiet: bool = False
+    trace: str | None = None       # Chrome trace JSON (mpisim.trace)
+    timeline: str | None = None    # Gantt chart PNG (mpisim.timeline)
     # cluster (absent from the centralized trainer)
     sim: int | None = None
     sim_timeout: float = 120.0

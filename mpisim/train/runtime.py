@@ -31,6 +31,7 @@ measurements after the closing table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,18 +39,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..comm import allreduce
+from ..comm import allreduce, gather
 from ..comm.network import TICK
 from ..data import epoch_permutation
+from ..trace import TOTAL_KEYS, Tracer, category, current, span
+from ..trace import finish as finish_trace
 from .checkpoint import CheckpointError
 from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmError, Reporter, UsageError,
                           add_cluster_args, check_cluster_args, comm_report, default_to_sim, launch, maybe_fail,
                           share_resume, stop_here)
 from .loop import (build_dataset, build_model, build_optimizer, build_schedule, data_fingerprint, gather_batch,
                    save_state)
+from .metrics import time_table
 from .options import Parser, TrainOptions, add_training_args, check_training_args, options_from, run_config
 
-__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Part", "Payload", "Role", "Run", "fault_on_server",
+__all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Part", "Payload", "Role", "Run", "TracedMeter", "fault_on_server",
            "summary_line"]
 
 
@@ -223,23 +227,42 @@ class Paradigm:
             if t.rank == 0:
                 raise UsageError(problem)
             return None
-        try:
-            run = Run(t, self, cfg)
-            role = self.setup(run)
-        except _Refused:
-            return None
-        try:
-            run.loop(role)
-        finally:
-            role.close()
-        return run.finish(role)
+        # --trace, --timeline: the transport is traced from the first epoch on (Run.loop begins the recording)
+        tracer = Tracer(t, active=False) if cfg.train.trace or cfg.train.timeline else None
+        with current(tracer) if tracer else contextlib.nullcontext():
+            try:
+                run = Run(tracer.wrap(t) if tracer else t, self, cfg, tracer=tracer)
+                role = self.setup(run)
+            except _Refused:
+                return None
+            try:
+                run.loop(role)
+            finally:
+                role.close()
+            return run.finish(role)
+
+
+class TracedMeter(Meter):
+    """A traced run's ledger: its communication blocks mark their collectives and messages with the
+    category (payload, control, ...), its computation blocks are ``compute`` spans."""
+
+    @contextlib.contextmanager
+    def comm(self, category_: str = "payload"):
+        with category(category_), super().comm(category_):
+            yield
+
+    @contextlib.contextmanager
+    def computing(self):
+        with span("compute"), super().computing():
+            yield
 
 
 class Run:
     """One rank's run: what the runtime built, and the loop around the paradigm's epochs."""
 
-    def __init__(self, t, paradigm: Paradigm, cfg: Config) -> None:
+    def __init__(self, t, paradigm: Paradigm, cfg: Config, *, tracer: Tracer | None = None) -> None:
         self.t, self.paradigm, self.train, self.opts = t, paradigm, cfg.train, cfg.opts
+        self.tracer = tracer                # --trace/--timeline: t is tracer.wrap(the rank's transport)
         self.rank, self.size, self.unit = t.rank, t.size, paradigm.unit
         self.started = time.perf_counter()
         tr = self.train
@@ -263,7 +286,7 @@ class Run:
         self.part: Part | None = None
         self.part_opts: list = []                                   # the part's optimizer(s)
         self.part_index: list[tuple[np.ndarray, np.ndarray]] = []   # rank 0: every rank's (index, owned mask)
-        self.meter = Meter(t)
+        self.meter = TracedMeter(t) if tracer else Meter(t)
         if paradigm.per_rank_state and tr.resume:
             self.scatter_own()
         self.rep = Reporter(tr, self.model, self.state, unit=self.unit) if t.rank == 0 else None
@@ -338,6 +361,8 @@ class Run:
     # -- the loop -------------------------------------------------------------------------------------
     def loop(self, role: Role) -> None:
         tr, rep, unit = self.train, self.rep, self.unit
+        if self.tracer:
+            self.tracer.begin()
         if self.state.start_epoch >= tr.epochs:
             self.say(f"the checkpoint has already done {self.state.start_epoch} of {tr.epochs} {unit}s: "
                      f"nothing to train")
@@ -504,6 +529,8 @@ class Run:
                     t.send(np.ascontiguousarray(saved[f"rank{r}.{k}"]), r, TAG_OWN)
 
     def finish(self, role: Role) -> dict | None:
+        if self.tracer:
+            self.tracer.stop()              # the run's window ends here: the closing messages are not traced
         fault = self.train.inject_fault
         if fault and fault[0] == self.rank and self.last_step < fault[1]:
             what = "rounds" if self.unit == "round" else "steps"
@@ -512,9 +539,19 @@ class Run:
         pay = role.payload()
         report = (comm_report(self.t, self.meter, pay.roles, pay.formulas, pay.legend, pay.categories)
                   if pay else None)
+        times = self.finish_trace(role, pay.roles if pay else {"rank": list(range(self.size))}) if self.tracer else None
         if not self.rep:
             return None
+        if times and report is not None:
+            report = report._replace(text=report.text + "\n\n" + times[0])
         result = self.rep.finish(report, role.title, **role.result())
+        if times:
+            if report is None:
+                self.rep.say("\n" + times[0])
+            result["times"] = times[1]
+            for flag, path in (("trace", self.train.trace), ("timeline", self.train.timeline)):
+                if path:
+                    self.rep.say(f"{flag} written to {path}")
         text = role.epilogue()
         if text:
             self.rep.say("\n" + text)
@@ -523,6 +560,19 @@ class Run:
         self.rep.say(line)
         result["summary"] = line
         return result
+
+
+    def finish_trace(self, role: Role, roles: dict[str, list[int]]) -> tuple[str, dict] | None:
+        """Gather every rank's trace totals and spans on rank 0 (on the untraced transport), write the
+        files there; rank 0 returns the time table's text and figures, the others None."""
+        tr = self.tracer
+        mine = tr.totals()
+        allv = gather(tr.t, np.array([mine[k] for k in TOTAL_KEYS], dtype=np.float64), root=0)
+        title = role.title or f"{self.paradigm.prog}, {self.size} rank{'s' if self.size > 1 else ''}"
+        finish_trace(tr, self.train.trace, self.train.timeline, title=title)
+        if self.rank != 0:
+            return None
+        return time_table(allv.reshape(self.size, -1), TOTAL_KEYS, roles, virtual=tr.virtual)
 
 
 class LocalSteps:
