@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from ..bench import fmt_size, parse_size
+from ..bench import parse_size
 from ..comm.costs import ALGORITHMS
 from ..comm.network import PRESETS, parse_network
 from ..train.checkpoint import atomic_write_bytes
@@ -28,7 +28,7 @@ from .measure import crossover, grid, measure, sim_winner
 from .paradigms import PARADIGMS, run_paradigm
 
 PROG = "python -m mpisim.analysis"
-SECTIONS = ("collectives", "crossover", "paradigms", "scale")
+SECTIONS = ("collectives", "crossover", "topology", "paradigms", "scale")
 DEFAULT_RANKS = "2,3,4,8,16,32,64"
 DEFAULT_SIZES = "8,512,32K,2M,64M"
 
@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].replace("``", "'"),
                                 epilog=__doc__.rsplit("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--network", type=_network, default=parse_network("10gbe"), metavar="SPEC",
-                   help=f"the network model: {', '.join(PRESETS)} or alpha=5us,beta=1GB/s,gamma=0.2ns[,contention] "
-                        "(default 10gbe)")
+                   help=f"the network model: {', '.join(PRESETS)} or alpha=5us,beta=1GB/s,gamma=0.2ns[,contention], "
+                        "with nodes: nodes=4x8 or ppn=8, intra=LINK, inter=LINK, inter-alpha=, inter-beta=, "
+                        "oversub=S (default 10gbe)")
     p.add_argument("--ranks", type=_ranks, default=None, metavar="LIST",
                    help=f"simulated rank counts (default {DEFAULT_RANKS})")
     p.add_argument("--sizes", type=lambda s: _list(parse_size, s, "sizes"), default=None, metavar="LIST",
@@ -84,6 +85,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--network: the report compares the collectives with formulas that leave computation out: "
                 "drop compute=...")
     args.sizes = args.sizes or _list(parse_size, DEFAULT_SIZES, "sizes")
+    for ranks in args.ranks:
+        try:
+            args.network.check_size(ranks)
+        except ValueError as e:
+            p.error(f"--ranks {ranks}: {str(e).removeprefix('--network: ')}")
     bad = [c for c in args.collectives if c not in ALGORITHMS]
     if bad:
         p.error(f"unknown collective {bad[0]!r}; choose from {', '.join(ALGORITHMS)}")
@@ -110,21 +116,35 @@ def _mpiexec() -> str | None:
 
 
 def run_validation(n: int, say) -> dict:
-    """``mpiexec -n n python -m mpisim.calibrate --validate --json F``; its JSON."""
+    """``mpiexec -n n python -m mpisim.calibrate --validate --json F``; its JSON (``within_bounds`` says whether
+    every point was within its bound: calibrate exits 1, after writing the JSON, when one is not).
+
+    A run that writes no JSON is an error (RuntimeError), except on more ranks than this machine has cores:
+    such a run is oversubscribed and only informational, and comes back as {"ranks", "cores", "failed"}.
+    """
     exe = _mpiexec()
     if not exe:
         raise RuntimeError("--validate needs mpiexec: install the project (the mpich wheel brings it) or set MPIEXEC")
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "calibrate.json")
         cmd = [exe, "-n", str(n), sys.executable, "-m", "mpisim.calibrate", "--validate", "--quiet", "--json", out]
-        say(f"validating on {n} real ranks: {' '.join(cmd[:3])} python -m mpisim.calibrate --validate")
+        say(f"validating on {n} real ranks: {' '.join(cmd[:3])} python -m mpisim.calibrate --validate"
+            + (f" (oversubscribed: {cores} cores; informational)" if n > cores else ""))
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mpiexec -n {n} python -m mpisim.calibrate failed (exit {proc.returncode}): "
-                               + (proc.stderr.strip().splitlines() or ["no message"])[-1])
-        with open(out) as f:
-            return json.load(f)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            if n > cores:
+                return {"ranks": n, "cores": cores, "failed": "it ran past 900 s"}
+            raise
+        if proc.returncode in (0, 1) and os.path.exists(out):
+            with open(out) as f:
+                return {**json.load(f), "cores": cores}
+        why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        if n > cores:
+            return {"ranks": n, "cores": cores, "failed": f"exit {proc.returncode}: {why}"}
+        raise RuntimeError(f"mpiexec -n {n} python -m mpisim.calibrate failed (exit {proc.returncode}): {why}")
 
 
 def build_report(args: argparse.Namespace, say) -> str:
@@ -170,10 +190,25 @@ def build_report(args: argparse.Namespace, say) -> str:
         for p in (4, 16, 64):
             if p in args.ranks:
                 for k, pnet in PRESETS.items():
+                    if pnet.topology:
+                        continue
                     n = crossover(p, pnet)
                     if n and n != float("inf") and n * 2 <= 1 << 28:
                         checks[(p, k)] = (n, sim_winner(p, int(n / 2), pnet), sim_winner(p, int(2 * n), pnet))
         report.crossover_section(doc, [p for p in args.ranks], checks, plots)
+    if "topology" in args.sections:
+        say("nodes: hierarchical against ring and Rabenseifner")
+        from .topology import topology_grid
+        quick = {"nodes": (2, 4), "sizes": (1 << 10, 1 << 20, 1 << 28)} if args.quick else {}
+        cells = topology_grid(progress=say, **quick)
+        tplots = {}
+        if args.plot:
+            from .plots import plot_topology
+            tplots = plot_topology(cells, args.plot)
+            if args.output:
+                base = os.path.dirname(os.path.abspath(args.output))
+                tplots = {k: os.path.relpath(os.path.abspath(v), base) for k, v in tplots.items()}
+        report.topology_section(doc, cells, tplots)
     if "paradigms" in args.sections:
         runs = []
         for name in PARADIGMS:

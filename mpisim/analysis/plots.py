@@ -9,7 +9,7 @@ from ..comm.costs import cost
 from ..comm.network import Network
 from .measure import DTYPE, Row, _counts, crossover
 
-__all__ = ["markers", "plot_all"]
+__all__ = ["markers", "plot_all", "plot_topology"]
 
 _SPARE = "PX*hp<>8dH"   # for algorithms registered without a marker
 
@@ -24,7 +24,8 @@ def markers(coll: str = "allreduce") -> dict[str, str]:
 
 
 def _formula(alg: str, p: int, nbytes: int, net: Network) -> float:
-    return cost("allreduce", alg, p, _counts("allreduce", p, nbytes), DTYPE.itemsize).seconds(net)
+    return cost("allreduce", alg, p, _counts("allreduce", p, nbytes), DTYPE.itemsize,
+                ppn=net.ranks_per_node(p) if net.topology else 0).seconds(net)
 
 
 def plot_all(rows: list[Row], net: Network, out_dir: str, *, size: int = 1 << 20, p_fixed: int = 16) -> dict[str, str]:
@@ -71,4 +72,35 @@ def plot_all(rows: list[Row], net: Network, out_dir: str, *, size: int = 1 << 20
         [2 ** k for k in range(3, 27)], lambda alg, n: _formula(alg, p_fixed, n, net), lambda r: r.nbytes,
         lambda r: r.p == p_fixed, "message size (bytes)", f"allreduce on {p_fixed} ranks", "allreduce_vs_size.png",
         crossover_line)
+    return out
+
+
+def plot_topology(cells: list, out_dir: str, *, nodes: int = 4) -> dict[str, str]:
+    """Allreduce time against the message size on ``nodes`` nodes of each cluster preset: formulas as lines,
+    simulated runs as markers (one PNG per preset); {title: path}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .topology import COMPARED, clusters, formula_seconds
+    os.makedirs(out_dir, exist_ok=True)
+    out, mark = {}, markers()
+    for name, net in clusters().items():
+        p = nodes * net.ppn
+        xs = [2 ** k for k in range(8, 29)]
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for alg in COMPARED:
+            line, = ax.plot(xs, [formula_seconds(alg, net, p, n) for n in xs], label=alg, lw=1.2)
+            pts = [c for c in cells if c.net == name and c.nodes == nodes and alg in c.runs]
+            ax.plot([c.nbytes for c in pts], [c.runs[alg].seconds for c in pts], mark[alg], color=line.get_color(),
+                    ms=5)
+        ax.set(xscale="log", yscale="log", xlabel="message size (bytes)", ylabel="time (s)",
+               title=f"allreduce on {nodes} nodes x {net.ppn} ranks, {name}")
+        ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        path = os.path.join(out_dir, f"allreduce_nodes_{name}.png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        out[f"allreduce on {nodes} nodes of {name}"] = path
     return out

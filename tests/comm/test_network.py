@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from mpisim.analysis.measure import measure, run_collective
 from mpisim.comm import SimCluster, run_simulated
 from mpisim.comm.costs import ALGORITHMS, cost, traffic
-from mpisim.comm.network import PRESETS, TICK, Network, parse_network
+from mpisim.comm.network import PRESETS, Network, parse_network
 
 PAIRS = [(c, a) for c, algs in ALGORITHMS.items() for a in algs]
 
