@@ -150,7 +150,7 @@ class CommThread:
             if self.error is None:
                 try:
                     job()
-                except BaseException as e:    # noqa: BLE001 - raised by wait(), as from the thread
+                except Exception as e:        # raised by wait(), as from the thread; an abort goes through
                     self.error = e
             return
         with self.done:

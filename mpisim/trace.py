@@ -521,7 +521,8 @@ def chrome_trace(ranks: list[dict], *, virtual: bool, title: str = "") -> dict:
 
 
 def events_of(doc: dict) -> list[list[tuple]]:
-    """Per rank, the ``(cat, name, tid, start, end, args)`` spans of a Chrome trace document (seconds)."""
+    """Per rank, the ``(cat, name, tid, start, end, args)`` spans of a Chrome trace document (seconds; ``args``
+    is the event's dict, as in the file, not the tuple :func:`totals_of` reads from a live tracer)."""
     n = doc["otherData"]["ranks"]
     out: list[list[tuple]] = [[] for _ in range(n)]
     for x in doc["traceEvents"]:

@@ -37,7 +37,7 @@ def parse_size(text: str) -> int:
         number, scale = text, 1
     try:
         n = int(float(number) * scale)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a size such as 1M, 256K or 4096, got {text!r}") from None
     if n < 4 or n % 4 or n > 2**30:
         raise argparse.ArgumentTypeError(f"size must be a multiple of 4 bytes between 4 B and 1 GiB, got {text!r}")
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         ap.error(f"--repeat must be >= 1, got {args.repeat}")
     try:
-        parse_network(args.network)
+        net = parse_network(args.network)
+        for p in args.ranks:
+            net.check_size(p)
     except ValueError as e:
         ap.error(str(e))
     algorithms = [a.strip() for a in args.algorithms.split(",")]
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for p in args.ranks:
         for a in algorithms:
-            msgs, _ = get("allreduce", a).traffic(Call(p=p, count=args.size // 4, itemsize=4))
+            msgs, _ = get("allreduce", a).traffic(Call(p=p, count=args.size // 4, itemsize=4,
+                                                       contention=net.contention, ppn=net.ranks_per_node(p)))
             need = memory_estimate(p, 3 * args.size)
             if msgs > args.max_messages:
                 print(f"{p:>6} {a:<14} {msgs:>12,} {'skipped: more than --max-messages':>34}", flush=True)

@@ -38,6 +38,10 @@ def test_bench_runs_every_algorithm_next_to_mpi(tmp_path):
     (["--algorithms", ","], "--algorithms names none"),
     (["--csv", "/nonexistent/folder/x.csv"], "--csv: cannot write in /nonexistent/folder"),
     (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--csv", "/tmp/mpisim-same.json", "--trace", "/tmp/mpisim-same.json"], "--csv and --trace name the same file"),
+    (["--trace", "/nonexistent/folder/t.json"], "--trace: no such folder: /nonexistent/folder"),
+    (["--save-table", "/nonexistent-mpisim-table.json", "--algorithms", "auto"], "--algorithms names only auto"),
+    (["--save-table", os.path.join(ROOT, "README.md")], "cannot be read as a table"),
 ])
 def test_bench_rejects_bad_options(args, message):
     res = subprocess.run([sys.executable, "-m", "mpisim.bench", *args], cwd=ROOT, capture_output=True,

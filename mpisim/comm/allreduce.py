@@ -84,10 +84,16 @@ def load_allreduce_table(path: str) -> dict[int, list[tuple[int, str]]]:
     try:
         with open(path) as fh:
             raw = json.load(fh)
-        return {int(k): [(int(n), str(a)) for n, a in v] for k, v in raw.items()}
+        table = {int(k): [(int(n), str(a)) for n, a in v] for k, v in raw.items()}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"allreduce table {path}: cannot be read as a table of "
                          f"{{ranks: [[bytes, algorithm], ...]}} ({exc})") from None
+    known = set(names("allreduce"))
+    bad = sorted({a for rows in table.values() for _, a in rows} - known)
+    if bad:
+        raise ValueError(f"allreduce table {path}: unknown algorithm(s) {', '.join(bad)}; "
+                         f"known: {', '.join(sorted(known))}")
+    return table
 
 
 def choose_allreduce(nbytes: int, count: int, size: int) -> str:

@@ -403,6 +403,11 @@ def parse_network(text: str) -> Network:
     if ppn and not (net is not None and net.ppn) and not {"inter", "inter-alpha", "inter-beta"} & seen:
         raise ValueError(f"--network: a topology needs its inter-node link: inter=LINK ({', '.join(LINKS)}) or "
                          "inter-alpha=...,inter-beta=...")
+    half = {"inter-alpha", "inter-beta"} & seen
+    if len(half) == 1 and "inter" not in seen and not (net is not None and net.ppn):
+        other = ({"inter-alpha", "inter-beta"} - half).pop()
+        raise ValueError(f"--network: {half.pop()} without {other}: give both, or inter=LINK "
+                         f"({', '.join(LINKS)}) with the one to change")
     if not ppn and {"inter", "inter-alpha", "inter-beta", "oversub", "intra"} & seen:
         raise ValueError("--network: intra, inter and oversub describe nodes: give nodes=NxM (e.g. 4x8) or ppn=M too")
     if net is None:

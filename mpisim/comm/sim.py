@@ -136,7 +136,7 @@ class _Recv:
     """A posted receive (the request behind irecv and recv)."""
 
     __slots__ = ("owner", "ctx", "buf", "source", "tag", "done", "data", "src", "wsrc", "msg_tag", "stamp",
-                 "copied", "status", "since")
+                 "copied", "status")
 
     def __init__(self, owner: "SimTransport", buf: np.ndarray, source: int, tag: int):
         self.owner, self.buf, self.source, self.tag = owner, buf, source, tag
@@ -147,7 +147,6 @@ class _Recv:
         self.stamp: tuple[tuple[int, ...], int] = ((), 0)  # the sender's (rounds per level, virtual send time)
         self.copied = False  # the sender wrote straight into buf
         self.status: Status | None = None  # set once the receive is complete and counted
-        self.since = 0.0  # when the owner blocked on it (monotonic seconds), for the timeout
 
     def describe(self) -> str:
         """'rank 2 (tag 5, 16 bytes)': what this receive waits for, in world ranks, for error messages."""
@@ -168,12 +167,13 @@ class _Recv:
         stop them.
         """
         if self.status is None:
+            owner = self.owner
+            owner._charge()
             if self.done:
-                self.owner._charge()
-                self.owner._finish(self)
-                self.owner._mark()
+                owner._finish(self)
             else:
-                self.owner._world._yield()
+                owner._world._yield(poll=True)
+            owner._mark()
         return self.status is not None
 
     def wait(self) -> Status:
@@ -233,6 +233,10 @@ class SimCluster:
         self.posted: list[list[_Recv]] = [[] for _ in range(self.size)]
         self.waiting: dict[int, _Recv] = {}  # world rank -> the receive it is blocked on
         self.finished = 0
+        self.progress = 0          # messages sent and receives completed so far: a polling loop that sees none is stuck
+        self.polled = False        # the rank that just gave control back did so from an incomplete test()
+        self.running: int | None = None  # the rank running now, and since when (monotonic), for the watchdog
+        self.since = time.monotonic()
         self.failed: tuple[int, BaseException] | None = None
         self.contexts: dict[tuple, int] = {}  # a group's (parent context, split number, color) -> its context
         self.transports = [SimTransport(self, r) for r in range(self.size)]
@@ -255,26 +259,33 @@ class SimCluster:
         if self.failed is None:
             self.failed = (rank, exc)
 
-    def _deadlock(self) -> DeadlockError:
+    def _waits(self) -> str:
+        """'rank 0 waits for rank 1 (tag 5, 16 bytes); ranks [2] have returned'."""
         parts = [f"rank {r} waits for {self.waiting[r].describe()}" for r in sorted(self.waiting)]
         done = [r for r, g in enumerate(self.tasks) if g.dead and r not in self.waiting]
         if done:
             parts.append(f"ranks {done} have returned")
-        return DeadlockError("deadlock among simulated ranks: " + "; ".join(parts))
+        return "; ".join(parts)
+
+    def _deadlock(self) -> DeadlockError:
+        return DeadlockError("deadlock among simulated ranks: " + self._waits())
 
     def _watch(self) -> None:
-        """The watchdog (calling thread): a receive blocked past the timeout fails the run."""
-        now = time.monotonic()
+        """The watchdog (calling thread): when one rank has run for longer than the timeout without coming back
+        to the scheduler while others wait for messages, the run fails. (Ranks run one at a time, so a rank's own
+        wait also includes the others' turns; what cannot last is one turn.)"""
+        running, since = self.running, self.since
+        if running is None or time.monotonic() - since <= self.timeout or self.failed is not None:
+            return
         try:
-            blocked = list(self.waiting.items())  # one C call: a consistent copy under the GIL
+            blocked = sorted(self.waiting.items())  # a consistent copy under the GIL
         except RuntimeError:  # pragma: no cover - changed while copied; look again next time
             return
-        if not blocked:
-            return
-        rank, req = min(blocked, key=lambda rw: rw[1].since)
-        if now - req.since > self.timeout and self.waiting.get(rank) is req and self.failed is None:
-            self.fail(rank, CommTimeout(f"simulated rank {rank} blocked for {self.timeout:g} s "
-                                        f"waiting for a message from {req.describe()}"))
+        if blocked and self.running == running and self.since == since:
+            rank, req = blocked[0]
+            self.fail(rank, CommTimeout(f"simulated rank {rank} blocked for {self.timeout:g} s waiting for a message "
+                                        f"from {req.describe()}, while rank {running} ran all that time without "
+                                        f"communicating"))
 
     # -- scheduling (the hub greenlet) -------------------------------------------------------------
     def _wake(self, rank: int) -> None:
@@ -296,30 +307,48 @@ class SimCluster:
                 self.fail(rank, exc)
             finally:
                 self.finished += 1
+                self.progress += 1
 
         self.tasks = [greenlet(body, parent=self.hub) for _ in range(self.size)]
         ready, tasks = self.ready, self.tasks
         ready.extend(range(self.size))
         started = [False] * self.size
         sleepers = self.sleepers
-        while self.failed is None:
-            if sleepers and sleepers[0][0] <= time.monotonic():  # a sleep is over: that rank goes on next
-                ready.append(heapq.heappop(sleepers)[2])
-            if ready:
-                r = ready.popleft()
-                if started[r]:
-                    tasks[r].switch()
+        clock = time.monotonic
+        seen, quiet = -1, clock()   # the progress count at the last turn that made some, and when
+        r = 0
+        try:
+            while self.failed is None:
+                if sleepers and sleepers[0][0] <= clock():  # a sleep is over: that rank goes on next
+                    ready.append(heapq.heappop(sleepers)[2])
+                if ready:
+                    r = ready.popleft()
+                    self.running, self.since = r, clock()
+                    if started[r]:
+                        tasks[r].switch()
+                    else:
+                        started[r] = True
+                        tasks[r].switch(r)
+                    self.running = None
+                    if not self.polled or self.progress != seen:
+                        seen, quiet = self.progress, clock()
+                    elif clock() - quiet > self.timeout:   # ranks poll, and nothing is sent or received
+                        polling = sorted({r, *ready})
+                        self.fail(r, CommTimeout(f"simulated ranks {polling} polled requests for {self.timeout:g} s "
+                                                 "and no message was sent or received meanwhile"
+                                                 + (f"; {self._waits()}" if self._waits() else "")))
+                    self.polled = False
+                elif sleepers:
+                    wake, _, r = heapq.heappop(sleepers)
+                    time.sleep(max(0.0, wake - clock()))
+                    ready.append(r)
+                elif self.finished < self.size:
+                    self.fail(min(self.waiting) if self.waiting else 0, self._deadlock())
                 else:
-                    started[r] = True
-                    tasks[r].switch(r)
-            elif self.sleepers:
-                wake, _, r = heapq.heappop(self.sleepers)
-                time.sleep(max(0.0, wake - time.monotonic()))
-                ready.append(r)
-            elif self.finished < self.size:
-                self.fail(min(self.waiting) if self.waiting else 0, self._deadlock())
-            else:
-                break
+                    break
+        except BaseException as exc:  # noqa: BLE001 - Ctrl-C landing in the scheduler itself: stop every rank
+            self.running = None
+            self.fail(r, exc)
         # a failure: unwind every rank that is still suspended (its blocked call raises _Aborted)
         for r, g in enumerate(tasks):
             if started[r] and not g.dead:
@@ -461,11 +490,13 @@ class SimTransport:
             w.clock += round((now - w._cpu) / TICK)
             w._cpu = now
 
-    def _yield(self) -> None:
-        """Let every rank that can go on run once before this one goes on."""
+    def _yield(self, poll: bool = False) -> None:
+        """Let every rank that can go on run once before this one goes on (``poll``: from an incomplete test(),
+        which the scheduler watches for a loop that nothing can end)."""
         cl = self.cluster
         if cl.size > 1:
             cl.ready.append(self._world.rank)
+            cl.polled = poll
             cl.hub.switch()
         if cl.failed is not None:
             raise _Aborted()
@@ -548,6 +579,7 @@ class SimTransport:
             queue.append((ctx, tag, self.rank, data.copy(), stamp, cl.seq))
             cl.seq += 1
         count_sent(chain, nbytes)
+        cl.progress += 1
         if cl.wall:
             self._mark()
         count_time(chain, time.perf_counter() - t0)
@@ -616,7 +648,6 @@ class SimTransport:
             if cl.failed is not None:
                 raise _Aborted()
             me = self._world.rank  # the cluster's lists and the deadlock watch are in world ranks
-            req.since = time.monotonic()
             cl.waiting[me] = req
             cl.hub.switch()  # back when a sender completed req (or with _Aborted thrown in)
             if not req.done:  # pragma: no cover - woken without the message: a scheduler fault
@@ -638,6 +669,7 @@ class SimTransport:
             req.copied = True
         nbytes = req.buf.nbytes
         count_received(self._chain, nbytes)
+        self.cluster.progress += 1
         rounds, sent_at = req.stamp
         for t, r in zip(self._chain, rounds):  # sender and receiver share the chain of ancestors
             if r > t.stats.rounds:

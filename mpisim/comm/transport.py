@@ -2,7 +2,7 @@
 
 A transport is one rank's endpoint: ``rank``, ``size``, and blocking and non-blocking
 send/receive on contiguous numpy buffers. Two implementations exist: :mod:`mpisim.comm.mpi`
-(mpi4py, one process per rank) and :mod:`mpisim.comm.sim` (one thread per rank, in-process).
+(mpi4py, one process per rank) and :mod:`mpisim.comm.sim` (ranks as greenlets of one thread, in-process).
 
 Semantics shared by both (they are MPI's):
 

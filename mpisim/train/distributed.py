@@ -171,13 +171,35 @@ def _with_ftz(t, body, *args):
             flush_denormals(False)   # a rank run on the caller's thread leaves it as it was
 
 
+def rank_bytes(train: TrainOptions) -> int:
+    """About what one simulated rank holds: its own copy of the dataset's arrays (each rank loads it), the
+    model's vectors (parameters, gradients, two optimizer moments, spare copies) and a batch's activations.
+    MNIST's size is read from its image files when they are found (70,000 images otherwise)."""
+    from ..data.datasets import MNIST_FILES, _find, _mnist_dir, dataset_shape
+    features, classes = dataset_shape(train.dataset, synthetic_features=train.synthetic_features)
+    samples = {"digits": 1797, "synthetic": train.synthetic_size}.get(train.dataset, 70_000)
+    if train.dataset == "mnist":
+        try:
+            d = _mnist_dir(train.data_dir, False)
+            files = [_find(d, MNIST_FILES[i]) for i in (0, 2)]
+            if all(f is not None and f.suffix != ".gz" for f in files):
+                samples = sum(f.stat().st_size for f in files) // (features or 1)
+        except (DataError, OSError):
+            pass
+    item = np.dtype(train.dtype).itemsize
+    sizes = [features, *train.hidden, classes]
+    params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    return item * (samples * features + 6 * params + 4 * (train.batch_size or 64) * sum(sizes)) + 8 * samples
+
+
 def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) -> int:
     if not 0 < train.sim_timeout < 1e9:
         print(f"{prog}: error: --sim-timeout must be a number of seconds > 0 and below 1e9, got {train.sim_timeout:g}",
               file=sys.stderr, flush=True)
         return 2
     try:
-        cluster = SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network)
+        cluster = SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network,
+                             rank_bytes=rank_bytes(train))
     except (MemoryError, ValueError) as e:   # too many ranks for this machine; a topology of another size
         print(f"{prog}: error: --sim {train.sim}: {e}", file=sys.stderr, flush=True)
         return 2

@@ -242,8 +242,17 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
                 p.error(f"--{name} {path} exists and is not a regular file; give another file name")
             if not os.access(path, os.W_OK):
                 p.error(f"--{name} {path}: cannot write this file")
-    if args.trace and args.metrics and os.path.abspath(args.trace) == os.path.abspath(args.metrics):
-        p.error(f"--trace and --metrics name the same file {args.trace}")
+    for name in ("trace", "timeline"):
+        if getattr(args, name) == "":
+            p.error(f"--{name} needs a file name")
+    named = {}                                 # two outputs of one run never share a file
+    for name in ("metrics", "plot", "trace", "timeline"):
+        path = getattr(args, name)
+        if path:
+            real = os.path.realpath(path)
+            if real in named:
+                p.error(f"--{named[real]} and --{name} name the same file {path}")
+            named[real] = name
     for name in ("metrics", "plot", "trace", "timeline"):
         if getattr(args, name):
             prepare_output_file(p, f"--{name}", getattr(args, name))

@@ -170,3 +170,68 @@ def test_the_scale_benchmark_runs_quick():
                                              ("64", "rabenseifner")]
     assert all(r[-1] == "yes" for r in rows)
     assert int(rows[2][2].replace(",", "")) == 2 * 63 * 64          # ring: 2(p-1) messages per rank
+
+
+def test_ranks_that_poll_forever_end_in_a_timeout_not_a_hang():
+    def body(t):
+        if t.rank == 0:
+            req = t.irecv(np.empty(1), 1, 5)
+            while not req.test():
+                pass
+
+    with pytest.raises(CommTimeout, match=r"ranks \[0\] polled requests for 0.3 s .* ranks \[1\] have returned"):
+        SimCluster(2, timeout=0.3).run(body)
+
+
+def test_many_ranks_computing_in_turn_are_not_a_timeout():
+    """Ranks run one at a time: a rank waits for the sum of the others' turns, which is no timeout."""
+    def body(t):
+        x = 0
+        while x < 60_000:          # about 10 ms of Python per rank, 12 ranks in turn
+            x += 1
+        allreduce(t, np.ones(4, np.float32), algorithm="ring", check=False)
+
+    SimCluster(12, timeout=0.05).run(body)   # well under the ~0.1 s the others take in all
+
+
+def test_polling_under_compute_wall_is_not_charged_the_others_work():
+    def body(t):
+        if t.rank == 0:
+            req = t.irecv(np.empty(1), 1)
+            while not req.test():
+                pass
+        elif t.rank == 1:
+            t.send(np.zeros(1), 0)
+        else:
+            t.sendrecv(np.zeros(1), 2, np.empty(1), 2)   # computation is charged from a rank's first call on
+            x = 0
+            while x < 300_000:     # rank 2 computes, charged to rank 2 alone
+                x += 1
+            t.sendrecv(np.zeros(1), 2, np.empty(1), 2)
+        return t.clock
+
+    clocks = SimCluster(3, network="alpha=1us,beta=1GB/s,compute=wall").run(body)
+    assert clocks[0] < clocks[2] / 10
+
+
+def test_ctrl_c_while_every_rank_sleeps_unwinds_them_all():
+    code = """if True:
+        import os, signal, threading, numpy as np
+        from mpisim.comm import SimCluster, RankError
+        def body(t):
+            try:
+                if t.rank == 0:
+                    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                while True:
+                    t.sleep(0.05)
+            finally:
+                print("cleanup", t.rank, flush=True)
+        try:
+            SimCluster(3, timeout=30).run(body)
+        except RankError as e:
+            print("failed", type(e.exc).__name__)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.split()
+    assert sorted(out.stdout.splitlines()[:3]) == ["cleanup 0", "cleanup 1", "cleanup 2"], out.stderr
+    assert lines[-2:] == ["failed", "KeyboardInterrupt"]

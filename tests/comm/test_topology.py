@@ -199,3 +199,13 @@ def test_without_a_network_attribute_the_host_names_decide():
         return keys, t.stats.messages_sent
     out = run_simulated(3, body, network="ppn=1,inter=10gbe")
     assert all(k == [out[0][0][0]] * 3 and m == 0 for k, m in out)   # one host; the exchange is not counted
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("nodes=2x4,inter-alpha=1us", "inter-alpha without inter-beta"),
+    ("nodes=2x4,inter-beta=1GB/s", "inter-beta without inter-alpha"),
+])
+def test_half_an_inter_node_link_is_refused(spec, words):
+    with pytest.raises(ValueError, match=words):
+        parse_network(spec)
+    assert parse_network(spec.replace("nodes=2x4", "nodes=2x4,inter=10gbe")).inter_alpha > 0

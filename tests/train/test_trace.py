@@ -158,6 +158,9 @@ def test_run_simulated_and_a_block_can_be_traced(tmp_path):
     ("--trace", "/dev/null.json", None),
     ("--trace", "{f}/t.json", "is a file, not a directory"),
     ("--timeline", "{fifo}", "not a regular file"),
+    ("--trace", "", "--trace needs a file name"),
+    ("--timeline", "{d}/p.png --plot {d}/p.png", "--plot and --timeline name the same file"),
+    ("--trace", "{d}/m.json --metrics {d}/m.json", "--metrics and --trace name the same file"),
 ])
 def test_a_bad_trace_or_timeline_path_is_a_usage_error_before_the_run(tmp_path, capsys, flag, value, words):
     f = tmp_path / "plain"
@@ -170,7 +173,7 @@ def test_a_bad_trace_or_timeline_path_is_a_usage_error_before_the_run(tmp_path, 
             pytest.skip("root may write in /dev")
         words = "cannot write"
     with pytest.raises(SystemExit) as e:
-        dp.PARADIGM.parse([*SMALL, flag, path, "--sim", "2"])
+        dp.PARADIGM.parse([*SMALL, flag, *(path.split(" ") if path else [path]), "--sim", "2"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
