@@ -96,6 +96,18 @@ def load_allreduce_table(path: str) -> dict[int, list[tuple[int, str]]]:
     return table
 
 
+def check_out(out: np.ndarray, array: np.ndarray, name: str) -> None:
+    """ValueError unless ``out`` can take the result for ``array``: the same shape and dtype, and either the same
+    buffer (in place) or one that does not overlap it."""
+    check_array(out, name + " out")
+    if out.shape != array.shape or out.dtype != array.dtype:
+        raise ValueError(f"{name}: out has shape {out.shape} and dtype {out.dtype}, the input "
+                         f"{array.shape} and {array.dtype}")
+    same = out.__array_interface__["data"][0] == array.__array_interface__["data"][0]
+    if not same and np.shares_memory(out, array):
+        raise ValueError(f"{name}: out overlaps the input without being the same buffer")
+
+
 def choose_allreduce(nbytes: int, count: int, size: int) -> str:
     """The algorithm ``auto`` runs for a vector of ``count`` elements (``nbytes``) on ``size`` ranks."""
     if _table is None:
@@ -248,13 +260,7 @@ def allreduce(t: Transport, array: np.ndarray, op: str = "sum", algorithm: str =
     ufunc = check_op(op, name)
     check_algorithm(algorithm, choices(name), name)
     if out is not None:
-        check_array(out, name + " out")
-        if out.shape != array.shape or out.dtype != array.dtype:
-            raise ValueError(f"{name}: out has shape {out.shape} and dtype {out.dtype}, the input "
-                             f"{array.shape} and {array.dtype}")
-        same = out.__array_interface__["data"][0] == array.__array_interface__["data"][0]
-        if not same and np.shares_memory(out, array):
-            raise ValueError(f"{name}: out overlaps the input without being the same buffer")
+        check_out(out, array, name)
     consistency_check(t, name, check, length=array.size, dtype=array.dtype, op=op, algorithm=algorithm)
     if out is None:
         out = np.empty_like(array)

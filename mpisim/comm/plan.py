@@ -40,7 +40,7 @@ from ._common import (
     check_op,
     consistency_check,
 )
-from .allreduce import choose_allreduce
+from .allreduce import check_out, choose_allreduce
 from .registry import choices, dispatch, get
 from .transport import ANY_SOURCE, ANY_TAG, Status, Transport
 
@@ -208,13 +208,7 @@ def allreduce_init(t: Transport, array: np.ndarray, op: str = "sum", algorithm: 
     if out is None:
         out = np.empty_like(array)
     else:
-        check_array(out, name + " out")
-        if out.shape != array.shape or out.dtype != array.dtype:
-            raise ValueError(f"{name}: out has shape {out.shape} and dtype {out.dtype}, the input "
-                             f"{array.shape} and {array.dtype}")
-        same = out.__array_interface__["data"][0] == array.__array_interface__["data"][0]
-        if not same and np.shares_memory(out, array):
-            raise ValueError(f"{name}: out overlaps the input without being the same buffer")
+        check_out(out, array, name)
     chosen = choose_allreduce(array.nbytes, array.size, t.size) if algorithm == "auto" else algorithm
     # the fields of allreduce's own check (so a plan against a plain call is named as such), with auto's
     # choice in the algorithm: ranks whose tables disagree fail here, not in a hang
