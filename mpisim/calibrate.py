@@ -25,9 +25,12 @@ What Hockney's alpha + n*beta + n*gamma misses on one machine driven from Python
 * **The machine's state**: steps, tiny calls and validated calls are interleaved in rounds,
   size by size, on the same buffers (one vector whose prefixes every size uses, and the
   collectives' own scratch), so all see the same caches, page placement and load; each sample
-  takes one of every kind (and starts with another algorithm). Load only adds time, in bursts,
-  so every figure is the MINIMUM over all samples of all rounds (a step's three timed parts:
-  those of its fastest sample).
+  takes one of every kind (and starts with another algorithm). Each timed run is the second of two
+  back-to-back runs of its kind: settled, as a step or call repeated in a loop. (Timed right after
+  something else, two identical schedules on 2 ranks measured up to 2x apart, ring against
+  Rabenseifner at 4 MiB: what ran just before decides which core's cache holds the buffers.) Load
+  only adds time, in bursts, so every figure is the MINIMUM over all samples of all rounds (a
+  step's three timed parts: those of its fastest sample).
 * **The consistency check** (on by default; the validated calls pass ``check=False``): a
   fixed ``check`` per call, measured, added to a call that makes it.
 
@@ -69,6 +72,7 @@ USAGE_MPI = f"mpiexec -n 2 {PROG}"
 WARMUP = 2           # untimed samples before each measurement
 ROUNDS = 5           # rounds over all sizes (steps, tiny calls, validated calls interleaved) ...
 MAX_ROUNDS = 8       # ... and up to this many until the fit is sane (pooled)
+SETTLE = 2           # runs of a kind back to back; the last is timed (see "The machine's state")
 ROUGH = 3.0          # sane: alpha, beta, gamma > 0 and every one-way minimum within 3x of the line
 GAMMA_FROM = 64 << 10  # gamma: the slope of the reduction step from this size up
 TINY = 4             # bytes of the vector a call's overhead is measured on (one float32)
@@ -204,7 +208,10 @@ def _samples(t, pair, X: np.ndarray, n: int, steps: bool, algorithms, reps: int)
     moments of the machine: with ``steps`` the one-way, step and copy between ranks 0 and 1 (``pair``; None
     on the others), then one call of each of ``algorithms`` on ``X[:n // 4]`` on all ranks (sample i starts
     with algorithm i mod k: none always comes first); ``n == 0``: the tiny calls (on ``TINY`` bytes) and
-    the check. The first ``WARMUP`` samples are not kept. Returns
+    the check. Every timed sample is the last of ``SETTLE`` back-to-back runs of its kind (settled: the time
+    of a step or call repeated in a loop, as a training step repeats its allreduce; what ran just before
+    it otherwise decides where its buffers sit in the two cores' caches, and two identical schedules
+    measured up to 2x apart). The first ``WARMUP`` samples are not kept. Returns
     {key: slowest-rank times}, the same on every rank that took part."""
     kinds = ([("one_way", n), ("exchange", n), ("reduce", n), ("nans", n), ("copy", n)] if steps else [])
     calls = [("overhead", a) if n == 0 else ("call", a, n) for a in algorithms] + ([("check",)] if n == 0 else [])
@@ -212,15 +219,18 @@ def _samples(t, pair, X: np.ndarray, n: int, steps: bool, algorithms, reps: int)
     pair_t = np.zeros((len(kinds), reps))
     all_t = np.zeros((len(calls), WARMUP + reps))   # the warm-up samples' columns come first, then dropped
     for i in range(-WARMUP, reps):
-        if kinds and pair is not None:
-            one = _one_way(pair, X, n)
-            ex, red, nan = _step(pair, X, n)
+        if kinds and pair is not None:   # each timed run comes right after untimed ones of its kind: settled
+            for _ in range(SETTLE):
+                one = _one_way(pair, X, n)
+            for _ in range(SETTLE):
+                ex, red, nan = _step(pair, X, n)
             cp = _copy(X, n)
             if i >= 0:
                 pair_t[:, i] = one, ex, red, nan, cp
         k = i % len(algorithms) if algorithms else 0
         for j in list(range(k, len(algorithms))) + list(range(k)):
-            all_t[j, WARMUP + i] = _time_call(t, x, algorithms[j])
+            for _ in range(SETTLE):
+                all_t[j, WARMUP + i] = _time_call(t, x, algorithms[j])
         if n == 0:
             all_t[-1, WARMUP + i] = _time_check(t)
     out = {}

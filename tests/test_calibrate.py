@@ -172,7 +172,7 @@ def _fake_timings(monkeypatch, burst=lambda n, rnd: 0.0, *, one_way=None, reps=5
 
     def one(t, X, n):
         log.append((t.rank, "one_way", n))
-        rnd = (log.count((t.rank, "one_way", n)) - 1) // (reps + calib.WARMUP) + 1
+        rnd = (log.count((t.rank, "one_way", n)) - 1) // ((reps + calib.WARMUP) * calib.SETTLE) + 1
         if one_way:
             return one_way(n)
         return (ALPHA + n * BETA) * jitter() + (burst(n, rnd) if t.rank == 0 else 0.0)
@@ -229,7 +229,8 @@ def test_steps_and_calls_are_interleaved_sample_by_sample(monkeypatch):
     res = run_simulated(2, calibrate, [1024, 4096], 2, vsizes=[4096], rounds=1)[0]
     mine = [k[1:] for k in log if k[0] == 0]
     assert mine == [k[1:] for k in log if k[0] == 1]
-    at = [k[0] for k in mine if k[1] == 4096]
+    at = [k[0] for k in mine if k[1] == 4096][::calib.SETTLE]   # each kind runs SETTLE times back to back
+    assert [k[0] for k in mine if k[1] == 4096] == [k for k in at for _ in range(calib.SETTLE)]
     per = 2 + len(algs)
     samples = [at[i:i + per] for i in range(0, len(at), per)]
     assert len(samples) == 2 + calib.WARMUP and len(at) == per * len(samples)
@@ -238,7 +239,7 @@ def test_steps_and_calls_are_interleaved_sample_by_sample(monkeypatch):
         assert sample[2] == algs[(i - calib.WARMUP) % len(algs)]   # and each sample starts with the next algorithm
     assert [(r["algorithm"], r["bytes"]) for r in res["validation"]] == [(a, 4096) for a in algs]
     tiny = [k for k in mine if k[1] == calib.TINY and k[0] in algs]
-    assert len(tiny) == len(algs) * (2 + calib.WARMUP)   # the overhead: every algorithm on the tiny vector
+    assert len(tiny) == len(algs) * (2 + calib.WARMUP) * calib.SETTLE   # the overhead: every algorithm, tiny
 
 
 def test_the_validation_of_the_true_model_is_within_its_bounds(monkeypatch):
@@ -259,7 +260,7 @@ def test_a_burst_of_load_is_measured_again_and_the_minima_recover_beta(monkeypat
     assert fit_alpha_beta(PP_SIZES, list(loaded.values()))[1] == 0   # the loaded rounds alone give beta = 0
     res = run_simulated(2, calibrate, PP_SIZES, 5)[0]
     more = calib.ROUNDS + 1   # one more round, and its minima are the quiet ones
-    assert res["rounds"] == more and log.count((0, "one_way", PP_SIZES[0])) == more * (5 + calib.WARMUP)
+    assert res["rounds"] == more and log.count((0, "one_way", PP_SIZES[0])) == more * (5 + calib.WARMUP) * calib.SETTLE
     assert res["beta_s_per_byte"] == pytest.approx(BETA, rel=0.05)
     assert res["fit_off"] <= calib.ROUGH
     net = parse_network(res["network"])
@@ -275,7 +276,7 @@ def test_noise_that_hides_beta_is_an_error_not_a_spec(monkeypatch):
     assert isinstance(info.value.exc, CalibrationError)
     msg = str(info.value.exc)
     assert "beta not > 0" in msg and "too busy" in msg and "--reps" in msg
-    assert log.count((0, "one_way", 16)) == calib.MAX_ROUNDS * (5 + calib.WARMUP)   # measured again, then gave up
+    assert log.count((0, "one_way", 16)) == calib.MAX_ROUNDS * (5 + calib.WARMUP) * calib.SETTLE   # measured again, then gave up
 
 
 def test_flat_times_never_give_beta_zero(monkeypatch):
