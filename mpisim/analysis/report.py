@@ -261,8 +261,10 @@ def validation_section(doc: Doc, results: list[dict]) -> None:
           "* **check**: the cross-rank consistency check each call makes unless `check=False`, a fixed cost.\n\n"
           "Every sample, step or call, starts after a barrier and counts the slowest rank's time; steps, tiny "
           "calls and the validated calls are interleaved sample by sample in several rounds on the same "
-          "buffers, so all see the same moments of the machine, and every figure is the minimum over all samples "
-          "(load only adds time, in bursts). Nothing is fitted on the validated calls. The bound: within 25 % from "
+          "buffers, so all see the same moments of the machine. Each timed run is the last of two back-to-back runs "
+          "of its kind (settled, as a collective repeated in a training loop: timed right after something else, two "
+          "identical schedules on 2 ranks measured up to 2x apart, as the buffers sat in one core's cache or the "
+          "other's). Every figure is the minimum over all samples (load only adds time, in bursts). Nothing is fitted on the validated calls. The bound: within 25 % from "
           "64 KiB, within 50 % below. Error = measured / model - 1; *Hockney* is the same measurement against "
           "the closed form with the calibrated α, β, γ, for comparison.")
     for res in results:
