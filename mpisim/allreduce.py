@@ -337,6 +337,8 @@ class DataParallel(Role):
                   f"steps, {len(self.sync.buckets)} bucket(s), algorithm {alg}"
                   + (f" ({choose_allreduce(P * w, P, N)} for the whole vector)"
                      if alg == "auto" and comp.name == "none" else "")
+                  + ((f" ({N // self.sync.ppn} nodes of {self.sync.ppn} ranks)" if 0 < self.sync.ppn < N
+                      else " (one node: the ring)") if alg == "hierarchical" else "")
                   + ("; MPI's own Allreduce: its messages are invisible to mpisim, only its time is counted"
                      if alg == "mpi" else "")
                   + (f"; compression {comp.describe()} ({comp.scheme.sends}"

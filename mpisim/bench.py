@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if tracer:  # every rank: the spans are gathered to rank 0
         finish(tracer, args.trace, args.timeline, title=f"mpisim.bench, {p} ranks")
+        for flag, path in (("trace", args.trace), ("timeline", args.timeline)):
+            if path:
+                say(f"# {flag} written to {path}", flush=True)
     if rank == 0:
         for s, most in TARGETS.items():
             if s not in sizes:

@@ -341,6 +341,9 @@ def test_quick_validate_under_mpiexec(tmp_path):
     # the verdict depends on this machine's load: the structure does not
     assert res.returncode in (0, 1), res.stdout + res.stderr
     assert "Traceback" not in res.stderr
+    if not out.exists():   # too busy to see the per-byte costs (a loaded machine): one clear line, no spec
+        assert res.returncode == 1 and "too busy" in res.stderr and "beta=" not in res.stdout, res.stderr
+        return
     data = json.loads(out.read_text())
     net = parse_network(data["network"])
     assert net.alpha > 0 and net.beta > 0 and net.gamma > 0

@@ -335,10 +335,10 @@ def topology_section(doc: Doc, cells: list, plots: dict[str, str]) -> None:
           "`oversub=S` makes the fabric S:1 oversubscribed (an inter-node byte costs S·βₑ), and `contention` makes "
           "a node's ranks share its uplink and downlink. World rank w sits on node w // L.")
     doc.p("The flat algorithms pay for the slow links on their critical path: the ring's every step has a message "
-          "crossing nodes, 2(p-1)(αₑ + n/p·βₑ); Rabenseifner's first lg N halving steps cross nodes, 2 lg N·αₑ + "
-          "2(N-1)/N·nβₑ plus the rest inside nodes. The hierarchical allreduce reduce-scatters inside each node, "
+          "crossing nodes, 2(p-1)(αₑ + n/p·βₑ); Rabenseifner's first lg M halving steps cross nodes, 2 lg M·αₑ + "
+          "2(M-1)/M·nβₑ plus the rest inside nodes. The hierarchical allreduce reduce-scatters inside each node, "
           "allreduces each rank's n/L block across the nodes (L of them side by side), and allgathers inside: "
-          "2(L-1)(α + n/L·β) + (L-1)/L·nγ + the allreduce of n/L bytes on N ranks in αₑ, βₑ. Without contention "
+          "2(L-1)(α + n/L·β) + (L-1)/L·nγ + the allreduce of n/L bytes on M ranks (one per node) in αₑ, βₑ. Without contention "
           "each rank has its own way out of the node (a NIC per GPU, as in rail-optimized GPU clusters): the "
           "hierarchical algorithm moves L times fewer bytes across nodes per rank than Rabenseifner. With "
           "`contention` a node's L ranks share one uplink and that advantage goes.")

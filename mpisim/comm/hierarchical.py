@@ -2,18 +2,18 @@
 
 The two-level scheme of Horovod's hierarchical allreduce (Sergeev and Del Balso 2018) and of NCCL
 across nodes, the "hierarchical ring" of Jia et al. 2018 (Highly scalable deep learning training
-system with mixed-precision): with L ranks on each of N nodes,
+system with mixed-precision): with L ranks on each of M nodes (p = L·M ranks),
 
 1. every node reduce-scatters the vector over its L ranks (ring, intra-node links): local rank j
    holds block j of the node's sum, n/L bytes;
-2. the N ranks with local rank j, one per node, allreduce block j across the nodes, L such
+2. the M ranks with local rank j, one per node, allreduce block j across the nodes, L such
    allreduces side by side (MPICH's rule picks recursive doubling or Rabenseifner for n/L bytes);
 3. every node allgathers the L blocks over its ranks (ring).
 
-Only n/L bytes per rank cross the slow inter-node links, in 2 lg N messages for Rabenseifner,
+Only n/L bytes per rank cross the slow inter-node links, in 2 lg M messages for Rabenseifner,
 instead of the flat ring's 2(p-1) inter-node steps. Time, α β intra-node and αₑ βₑ inter-node::
 
-    2(L-1)(α + n/L·β) + (L-1)/L·nγ + [allreduce of n/L bytes on N ranks, in αₑ βₑ]
+    2(L-1)(α + n/L·β) + (L-1)/L·nγ + [allreduce of n/L bytes on M ranks, in αₑ βₑ]
 
 Where the nodes are: on the simulated transport, the network's topology (world rank w on node
 w // ppn; one node without a topology); on any other transport, the host each rank runs on (a hash
@@ -50,7 +50,7 @@ __all__ = ["Hierarchy", "hierarchy", "inter_algorithm", "known_ranks_per_node", 
 
 class Hierarchy(NamedTuple):
     """One rank's two groups: ``local`` (its node's ranks, or None for one rank per node) and ``cross``
-    (the ranks with its local rank, one per node, or None for one node); ``per_node`` L and ``nodes`` N."""
+    (the ranks with its local rank, one per node, or None for one node); ``per_node`` L and ``nodes`` M."""
 
     local: Transport | None
     cross: Transport | None
@@ -189,8 +189,8 @@ def _cost(c: Call) -> Cost:
     if c.contention:
         kind, why = "approx", "contention: the L ranks of a node share its uplink, taken as L times the inter-node time"
     forms = [(2 * (L - 1), 2 * (L - 1) * b, (L - 1) * b + f[2], s * f[0], s * f[1]) for f in sub.forms]
-    text = f"{intra} + {inter}(n/L on N nodes, αₑ βₑ) [L={L}, N={N}]" if L > 1 else \
-        f"{inter}(n on N nodes, αₑ βₑ) [L=1, N={N}]"
+    text = f"{intra} + {inter}(n/L on M nodes, αₑ βₑ) [L={L}, M={N}]" if L > 1 else \
+        f"{inter}(n on M nodes, αₑ βₑ) [L=1, M={N}]"
     return make_cost(text, *forms, kind=kind, why=why)
 
 
@@ -206,7 +206,7 @@ def _formula(c: Call) -> str:
 
 
 register("allreduce", "hierarchical", _hierarchical, traffic=_traffic, cost=_cost, formula=_formula, marker="*",
-         explain="Reduce-scatter inside each node (ring, L ranks), allreduce of each n/L block across the N nodes "
+         explain="Reduce-scatter inside each node (ring, L ranks), allreduce of each n/L block across the M nodes "
          "(recursive doubling or Rabenseifner, L of them side by side), allgather inside each node: only n/L "
          "bytes per rank cross the slow inter-node links, in few messages. As Horovod and NCCL do across nodes; "
          "on one node it is the ring.")

@@ -401,8 +401,9 @@ def parse_network(text: str) -> Network:
         raise ValueError("--network: give nodes=NxM or ppn=M, not both")
     ppn = given.get("ppn", net.ppn if net is not None else 0)
     if ppn and not (net is not None and net.ppn) and not {"inter", "inter-alpha", "inter-beta"} & seen:
-        raise ValueError(f"--network: a topology needs its inter-node link: inter=LINK ({', '.join(LINKS)}) or "
-                         "inter-alpha=...,inter-beta=...")
+        lead = f" (the leading {net.name} is the link inside a node)" if net is not None else ""
+        raise ValueError(f"--network: nodes need the inter-node link between them{lead}: inter=LINK ({', '.join(LINKS)}) "
+                         "or inter-alpha=...,inter-beta=...")
     half = {"inter-alpha", "inter-beta"} & seen
     if len(half) == 1 and "inter" not in seen and not (net is not None and net.ppn):
         other = ({"inter-alpha", "inter-beta"} - half).pop()

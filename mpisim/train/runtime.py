@@ -39,7 +39,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..comm import allreduce, gather
+from ..comm import allreduce, barrier, gather
+from ..comm.group import uncounted
 from ..comm.network import TICK
 from ..data import epoch_permutation
 from ..trace import TOTAL_KEYS, Tracer, category, current, span
@@ -362,6 +363,8 @@ class Run:
     def loop(self, role: Role) -> None:
         tr, rep, unit = self.train, self.rep, self.unit
         if self.tracer:
+            with uncounted(self.tracer.t):     # every rank starts its record together (under mpiexec the
+                barrier(self.tracer.t)         # ranks start at different times); the barrier is set-up, uncounted
             self.tracer.begin()
         if self.state.start_epoch >= tr.epochs:
             self.say(f"the checkpoint has already done {self.state.start_epoch} of {tr.epochs} {unit}s: "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import tracemalloc
 
 import numpy as np
@@ -134,6 +135,7 @@ def test_ctrl_c_reaches_the_running_rank():
     code = """if True:
         import os, signal, threading, numpy as np
         from mpisim.comm import SimCluster, RankError
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # even where the parent ignores SIGINT
         def body(t):
             if t.rank == 1:
                 threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
@@ -150,15 +152,20 @@ def test_ctrl_c_reaches_the_running_rank():
 
 
 def test_a_rank_that_never_returns_to_the_scheduler_still_times_out():
+    stop = threading.Event()
+
     def body(t):
         if t.rank == 1:
             x = 0
-            while True:          # computing forever, never calling the transport
+            while not stop.is_set():   # computing, never calling the transport (until the test ends)
                 x += 1
         t.recv(np.empty(1), 1)
 
-    with pytest.raises(CommTimeout, match="rank 0 blocked for 0.2 s waiting for a message from rank 1"):
-        SimCluster(2, timeout=0.2).run(body)
+    try:
+        with pytest.raises(CommTimeout, match="rank 0 blocked for 0.2 s waiting for a message from rank 1"):
+            SimCluster(2, timeout=0.2).run(body)
+    finally:
+        stop.set()                     # the rank left behind stops: no thread spins through later tests
 
 
 def test_the_scale_benchmark_runs_quick():
@@ -218,6 +225,7 @@ def test_ctrl_c_while_every_rank_sleeps_unwinds_them_all():
     code = """if True:
         import os, signal, threading, numpy as np
         from mpisim.comm import SimCluster, RankError
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # even where the parent ignores SIGINT
         def body(t):
             try:
                 if t.rank == 0:
