@@ -40,8 +40,16 @@ def paradigm_tools() -> list[tuple[str, str, str]]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] not in ("-h", "--help"):
-        print(f"python -m mpisim: error: it takes no arguments; run a tool as python -m mpisim.{argv[0]} "
-              f"(python -m mpisim lists them)", file=sys.stderr)
+        modules = {name.removeprefix("mpisim."): name for name, _, _ in TOOLS}
+        modules.update({name: f"mpisim.{name}" for name in PARADIGMS})
+        modules.update({m: m for m in list(modules.values())})
+        if argv[0].startswith("-"):
+            why = f"unknown option {argv[0]} (it takes none but --help)"
+        elif argv[0] in modules:
+            why = f"run the tool as python -m {modules[argv[0]]}"
+        else:
+            why = f"unknown tool {argv[0]!r}"
+        print(f"python -m mpisim: error: {why}; python -m mpisim lists the tools", file=sys.stderr)
         return 2
     print("mpisim: a simulated cluster for distributed ML on pure message passing\n")
     tools = paradigm_tools() + TOOLS

@@ -68,7 +68,23 @@ def test_python_m_mpisim_lists_the_tools():
         assert f"python -m mpisim.{paradigm} --sim" in res.stdout and f"-m mpisim.{paradigm} " in res.stdout
     res = subprocess.run([sys.executable, "-m", "mpisim", "gossip"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
-    assert res.returncode == 2 and "run a tool as python -m mpisim.gossip" in res.stderr
+    assert res.returncode == 2 and "run the tool as python -m mpisim.gossip" in res.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-m", "mpisim", "--bogus"], "unknown option --bogus"), (["-m", "mpisim", "garbage"], "unknown tool 'garbage'"),
+    (["-m", "mpisim", "kernels.bench"], "run the tool as python -m kernels.bench"),
+    (["-m", "kernels", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_arguments_to_the_listings_exit_2_with_one_line(args, words):
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and words in res.stderr and "Traceback" not in res.stderr
+
+
+def test_python_m_kernels_help_is_help():
+    res = subprocess.run([sys.executable, "-m", "kernels", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("usage: python -m kernels") and "available" not in res.stdout
 
 
 def test_bench_mlp_prints_a_row_per_batch():
