@@ -43,6 +43,7 @@ from .train.compress import add_compress_args, check_compress_args, make_compres
 from .train.distributed import Formula, Meter, under_mpiexec
 from .train.loop import loss_scaling_figures, loss_scaling_note
 from .train.runtime import Paradigm, Payload, Role, Run
+from .train.metrics import plural, share
 
 ALGORITHMS = (*ALLREDUCE_ALGORITHMS, "mpi")
 
@@ -287,7 +288,7 @@ class DataParallel(Role):
                 compression += " (its state, not checkpointed, starts afresh on this resume)"
         run.say(f"allreduce: {N} rank{'s' if N > 1 else ''} ({run.where()}), {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
-                f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; allreduce {o.algorithm}, "
+                f"({share(tr.batch_size, N)} per rank), {plural(tr.epochs, 'epoch')}; allreduce {o.algorithm}, "
                 f"{len(self.sync.buckets)} bucket{'s' if len(self.sync.buckets) > 1 else ''}"
                 + (", overlapped" if self.sync.thread else "") + (", sync BN" if o.sync_bn else "")
                 + compression + run.resuming())

@@ -34,6 +34,7 @@ from .comm._common import block_offsets
 from .train.distributed import Formula
 from .train.options import _float_between, _int_at_least
 from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run, fault_on_server
+from .train.metrics import plural, share
 
 TAG_X, TAG_DIFF, TAG_CENTER = 401, 402, 403
 MODES = ("sync", "async")
@@ -108,8 +109,8 @@ class Center(Elastic):
         run.say(f"easgd: {self.S} server{'s' if self.S > 1 else ''} + {self.W} worker{'s' if self.W > 1 else ''} "
                 f"({run.where()}), {o.mode}; {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; workers: {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
-                f"(~{tr.batch_size / self.W:g} per worker); elasticity alpha {self.alpha:g} (beta = W alpha = "
-                f"{self.W * self.alpha:g}), period tau {o.period}; {tr.epochs} epochs; rank 0 evaluates the center"
+                f"({share(tr.batch_size, self.W)} per worker); elasticity alpha {self.alpha:g} (beta = W alpha = "
+                f"{self.W * self.alpha:g}), period tau {o.period}; {plural(tr.epochs, 'epoch')}; rank 0 evaluates the center"
                 + run.resuming())
 
     def epoch(self, epoch: int) -> dict | None:

@@ -43,6 +43,7 @@ from .train.distributed import Formula
 from .train.federated import make_strategy, plot_partition
 from .train.options import _float_between, _int_at_least, prepare_output_file
 from .train.runtime import Paradigm, Payload, Role, Run
+from .train.metrics import plural
 
 PROG = "python -m mpisim.fedavg"
 PARTITIONS = ("iid", "shards", "dirichlet")
@@ -201,9 +202,11 @@ class Server(Federated):
                 f"{int(np.median(sizes))}), {np.mean((hist > 0).sum(axis=1)):.1f} classes per client on average")
         run.say(f"model {run.model.describe()}; {self.m} clients per round (C={o.fraction:g}), E={o.local_epochs}, "
                 f"B={'inf' if o.local_batch == 0 else o.local_batch}, client {tr.optimizer} lr {tr.lr:g}, "
-                f"{tr.epochs} rounds" + (", secure aggregation" if o.secure_agg else "")
+                f"{plural(tr.epochs, 'round')}" + (", secure aggregation" if o.secure_agg else "")
                 + (f", DP clip {o.dp_clip:g} noise {o.dp_noise:g}" if o.dp_clip else "")
                 + run.resuming())
+        run.say("per round: loss and train are the sampled clients' own, on their data during local training "
+                "(weighted by examples); test is the averaged model on the test set")
         if o.plot_partition:
             plot_partition(hist, o.plot_partition, title=f"{o.partition} partition of {ds.name}, {o.clients} clients")
             run.say(f"partition plot written to {o.plot_partition}")

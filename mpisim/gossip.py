@@ -35,6 +35,7 @@ from .comm import allreduce
 from .train import build_model
 from .train.distributed import Formula
 from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run
+from .train.metrics import plural, share
 
 TOPOLOGIES = ("ring", "torus", "exponential", "complete")
 TAG_PARAMS = 401
@@ -117,7 +118,7 @@ class Gossip(Role):
         run.say(f"gossip (D-PSGD): {N} ranks ({run.where()}), {run.ds.describe()}; "
                 f"rank 0 evaluates the average of all ranks' models")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
-                f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; topology {topo}{shape}, degree "
+                f"({share(tr.batch_size, N)} per rank), {plural(tr.epochs, 'epoch')}; topology {topo}{shape}, degree "
                 f"{len(self.out)}" + run.resuming())
 
     def mix(self) -> None:

@@ -35,6 +35,7 @@ from .train.compress import add_compress_args, check_compress_args, make_compres
 from .train.distributed import Formula
 from .train.options import _int_at_least
 from .train.runtime import LocalSteps, Paradigm, Payload, Role, Run
+from .train.metrics import plural, share
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class LocalSGD(Role):
         self.title = f"local SGD (H={o.sync_every}), {N} ranks, {run.ds.name}, {run.model.describe()}"
         run.say(f"localsgd: {N} rank{'s' if N > 1 else ''} ({run.where()}), {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g} on every rank, global batch "
-                f"{tr.batch_size} (~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; average every "
+                f"{tr.batch_size} ({share(tr.batch_size, N)} per rank), {plural(tr.epochs, 'epoch')}; average every "
                 f"{o.sync_every} step{'s' if o.sync_every > 1 else ''}"
                 + (f" (every step for the first {o.post_local} epochs)" if o.post_local else "")
                 + f" by allreduce {o.algorithm}"

@@ -41,6 +41,7 @@ from .train import gather_batch
 from .train.compress import SCHEMES, add_compress_args, check_compress_args, make_compressor
 from .train.distributed import Formula
 from .train.runtime import Paradigm, Payload, Role, Run, fault_on_server
+from .train.metrics import plural, share
 
 PROG = "python -m mpisim.paramserver"
 MODES = ("sync", "async", "ssp")
@@ -74,7 +75,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--servers", type=int, default=1, metavar="S", help="server ranks 0..S-1 (default 1)")
     g.add_argument("--mode", choices=MODES, default="sync", help="(default sync)")
     g.add_argument("--staleness", type=int, default=2, metavar="s",
-                   help="ssp: how many steps a worker may run ahead of the slowest (default 2; 0 = sync)")
+                   help="ssp: how many steps a worker may run ahead of the slowest worker, a step being one minibatch: "
+                        "one push of its gradient and one pull of the parameters (default 2; 0 = sync)")
     g.add_argument("--straggler", type=_straggler, default=None, metavar="RANK:FACTOR",
                    help="make worker RANK FACTOR times slower, e.g. 3:4")
     add_compress_args(g, "each push (a worker's gradient shard)",
@@ -332,7 +334,7 @@ class ParameterServer(Role):
         run.say(f"paramserver: {S} server{'s' if S > 1 else ''} + {W} worker{'s' if W > 1 else ''} "
                 f"({run.where()}), {mode}; {run.ds.describe()}")
         run.say(f"model {run.model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
-                f"(~{tr.batch_size / W:g} per worker), {tr.epochs} epochs"
+                f"({share(tr.batch_size, W)} per worker), {plural(tr.epochs, 'epoch')}"
                 + (f"; worker rank {o.straggler[0]} is {o.straggler[1]:g}x slower" if o.straggler else "")
                 + (f"; pushes compressed: {o.compress}" if o.compress != "none" else "")
                 + run.resuming() + _afresh(run, self.part.comp))

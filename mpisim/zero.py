@@ -60,6 +60,7 @@ from .nn import Linear
 from .train import gather_batch
 from .train.distributed import Formula, Meter
 from .train.runtime import Paradigm, Part, Payload, Role, Run
+from .train.metrics import plural, share
 
 STAGES = (0, 1, 2, 3)
 ALGORITHMS = ("auto", "ring")
@@ -446,7 +447,7 @@ class ZeroRank(Role):
         z = self.zero
         run.say(f"zero: stage {o.stage}, {N} rank{'s' if N > 1 else ''} ({run.where()}), {run.ds.describe()}")
         run.say(f"model {model.describe()}; {tr.optimizer} lr {tr.lr:g}, global batch {tr.batch_size} "
-                f"(~{tr.batch_size / N:g} per rank), {tr.epochs} epochs; "
+                f"({share(tr.batch_size, N)} per rank), {plural(tr.epochs, 'epoch')}; "
                 + ("allreduce" if o.stage == 0 else "reduce_scatter and allgather") + f" {o.algorithm}"
                 + run.resuming())
         run.say(f"shards: each of {len(z.shards)} Linear layers cut into {N} blocks (numpy.array_split); rank r "

@@ -40,8 +40,9 @@ def plot_all(rows: list[Row], net: Network, out_dir: str, *, size: int = 1 << 20
     ar = [r for r in rows if r.coll == "allreduce"]
     out = {}
 
-    def figure(xs, curve, point_x, keep, xlabel, title, name, mark=None):
-        """Formula lines over ``xs`` and the simulated rows ``keep`` selects as markers, log-log."""
+    def figure(xs, curve, point_x, keep, xlabel, title, name, mark=None, integer_x=False):
+        """Formula lines over ``xs`` and the simulated rows ``keep`` selects as markers, log-log (``integer_x``:
+        whole-number ticks, for rank counts)."""
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for alg, marker in markers().items():
             line, = ax.plot(xs, [curve(alg, x) for x in xs], label=alg, lw=1.2)
@@ -51,6 +52,13 @@ def plot_all(rows: list[Row], net: Network, out_dir: str, *, size: int = 1 << 20
             mark(ax)
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="time (s)",
                title=f"{title}, {net.name}: formula (lines), simulated (markers)")
+        if integer_x:   # 2, 4, 8, ... ranks, not 2x10^0 and overlapping minor labels
+            from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+            ticks = [x for x in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if xs[0] <= x <= xs[-1]]
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         path = os.path.join(out_dir, name)
@@ -62,12 +70,11 @@ def plot_all(rows: list[Row], net: Network, out_dir: str, *, size: int = 1 << 20
     def crossover_line(ax):
         n_star = crossover(p_fixed, net)
         if n_star:
-            ax.axvline(n_star, color="grey", ls="--", lw=1)
-            ax.text(n_star, ax.get_ylim()[0] * 2, f" tree/ring\n crossover\n {n_star / 1024:.3g} KiB", fontsize=8)
+            ax.axvline(n_star, color="grey", ls="--", lw=1, label=f"tree/ring crossover, {n_star / 1024:.3g} KiB")
 
     out["allreduce time against p"] = figure(
         list(range(2, 65)), lambda alg, p: _formula(alg, p, size, net), lambda r: r.p, lambda r: r.nbytes == size,
-        "ranks p", f"allreduce of {size // 1024} KiB", "allreduce_vs_p.png")
+        "ranks p", f"allreduce of {size // 1024} KiB", "allreduce_vs_p.png", integer_x=True)
     out["allreduce time against the message size"] = figure(
         [2 ** k for k in range(3, 27)], lambda alg, n: _formula(alg, p_fixed, n, net), lambda r: r.nbytes,
         lambda r: r.p == p_fixed, "message size (bytes)", f"allreduce on {p_fixed} ranks", "allreduce_vs_size.png",

@@ -119,12 +119,20 @@ def check_cluster_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         p.error("--inject-fault ...:kill kills a process: run under mpiexec, not --sim (simulated ranks share one)")
 
 
-def _describe(exc: BaseException) -> str:
+ADVICE_LR = ": lower --lr"   # the advice a paradigm appends to a non-finite loss or gradient
+
+
+def _describe(exc: BaseException, train: TrainOptions | None = None) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or exc}: {exc.filename}"
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    fault = train.inject_fault if train is not None else None
+    if fault and fault[2] == "nan" and isinstance(exc, FloatingPointError) and text.endswith(ADVICE_LR):
+        # the learning rate is not to blame: the NaN was put there on purpose
+        text = text[:-len(ADVICE_LR)] + f" (the NaN --inject-fault {fault[0]}:{fault[1]}:nan put into the batch)"
+    return text
 
 
 def launch(prog: str, train: TrainOptions, body: Callable[..., Any], *args: Any, local: bool = False) -> int:
@@ -144,7 +152,7 @@ def launch(prog: str, train: TrainOptions, body: Callable[..., Any], *args: Any,
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
     except EXPECTED_ERRORS as e:
-        print(f"{prog}: error: rank {t.rank} of {t.size}: {_describe(e)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: rank {t.rank} of {t.size}: {_describe(e, train)}", file=sys.stderr, flush=True)
         if t.size > 1:
             t.abort(1)           # the other ranks may be waiting for this one: end them all
         return 1
@@ -215,7 +223,7 @@ def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) 
         if not isinstance(e.exc, EXPECTED_ERRORS):
             traceback.print_exception(type(e.exc), e.exc, e.exc.__traceback__, file=sys.stderr)
         where = "" if local else f"rank {e.rank} of {e.size} failed: "
-        print(f"{prog}: error: {where}{_describe(e.exc)}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {where}{_describe(e.exc, train)}", file=sys.stderr, flush=True)
         return 1
     except (DeadlockError, CommTimeout) as e:
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["MetricsLog", "progress_line", "plot_curves", "time_table"]
+__all__ = ["MetricsLog", "plural", "progress_line", "plot_curves", "share", "time_table"]
 
 
 def _json_line(record: dict) -> str:
@@ -39,6 +39,16 @@ class MetricsLog:
         if self.path:
             with open(self.path, "a") as f:
                 f.write(_json_line(record))
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 epoch', '10 epochs'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def share(total: int, parts: int) -> str:
+    """What each of ``parts`` gets of ``total`` (a batch over ranks): '32', or '~21.3' when it does not divide."""
+    return str(total // parts) if total % parts == 0 else f"~{total / parts:.1f}"
 
 
 def _pct(v) -> str:

@@ -161,13 +161,14 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
     flags = ("--schedule", "--lr-schedule") if lr_schedule_flag == "--schedule" else (lr_schedule_flag,)
     g.add_argument(*flags, dest="schedule", choices=SCHEDULES, default="constant",
                    help="learning-rate schedule (default constant)")
-    g.add_argument("--step-size", type=_positive_int, default=3, metavar="EPOCHS",
-                   help="step schedule: decay every this many epochs (default 3)")
+    units = f"{unit.upper()}S"    # a federated run's schedule counts rounds
+    g.add_argument("--step-size", type=_positive_int, default=3, metavar=units,
+                   help=f"step schedule: decay every this many {unit}s (default 3)")
     g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor in (0, 1] (default 0.5)")
-    g.add_argument("--warmup", type=_nonneg_float, default=0.0, metavar="EPOCHS",
-                   help="linear warmup from lr/10 over this many epochs (default 0)")
+    g.add_argument("--warmup", type=_nonneg_float, default=0.0, metavar=units,
+                   help=f"linear warmup from lr/10 over this many {unit}s (default 0)")
     if unit == "round":          # federated: rounds of local training; the batch is the clients' own
-        g.add_argument("--rounds", dest="epochs", type=_positive_int, default=epochs,
+        g.add_argument("--rounds", dest="epochs", type=_positive_int, default=epochs, metavar="R",
                        help=f"communication rounds (default {epochs})")
         p.set_defaults(batch_size=None)
     else:

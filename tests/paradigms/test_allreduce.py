@@ -85,6 +85,7 @@ def test_nan_stops_the_run_naming_rank_and_step_and_keeps_the_checkpoint(tmp_pat
     assert code == 1
     err = capsys.readouterr().err
     assert "rank 2 of 3" in err and "epoch 2, step 7" in err and "nan" in err
+    assert "the NaN --inject-fault 2:30:nan put into the batch" in err and "lower --lr" not in err
     assert load_checkpoint(ck)[1]["epoch"] == 1
 
 
