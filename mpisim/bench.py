@@ -147,12 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         why = path and check_output(path, suffix)
         if why:
             ap.error(f"{flag}: {why}")
-    outputs = [(o, os.path.realpath(x)) for o, x in (("--csv", args.csv), ("--save-table", args.save_table),
-                                                     ("--trace", args.trace), ("--timeline", args.timeline)) if x]
-    for i, (o, x) in enumerate(outputs):
-        for o2, x2 in outputs[:i]:
-            if x == x2:
-                ap.error(f"{o2} and {o} name the same file {x}")
+    from .train.options import same_file
+    same = same_file([("--csv", args.csv), ("--save-table", args.save_table), ("--trace", args.trace),
+                      ("--timeline", args.timeline)])
+    if same:
+        ap.error(same)
     if args.save_table and os.path.exists(args.save_table):
         try:                      # a table to merge into is read now, not after the sweep
             load_allreduce_table(args.save_table)

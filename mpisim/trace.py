@@ -558,18 +558,21 @@ def finish(tracer: Tracer, trace: str | None, timeline: str | None, *, title: st
 
 
 # -- for run_simulated and the bench --------------------------------------------------------------------
-def check_output(path: str, suffix: str) -> str | None:
-    """Why ``path`` cannot take a ``suffix`` file (.json, .png), or None: wrong extension, a directory, an
-    existing file that is not a regular one or not writable, or a folder that cannot be written in."""
-    if not path.lower().endswith(suffix):
-        return f"writes a {suffix[1:].upper()} file: give a name ending in {suffix}, not {path}"
+def check_output(path: str, suffix: str, *, folder: bool = True) -> str | None:
+    """Why ``path`` cannot take a ``suffix`` file (.json, .png), or None: a directory, a wrong extension, an
+    existing file that is not a regular one or not writable, or (``folder``) a folder that is missing or
+    cannot be written in (the paradigms check and create their output folders themselves)."""
     if os.path.isdir(path):
         return f"{path} is a directory; give a file name"
+    if not path.lower().endswith(suffix):
+        return f"writes a {suffix[1:].upper()} file: give a name ending in {suffix}, not {path}"
     if os.path.lexists(path):
         if not os.path.isfile(path):
             return f"{path} exists and is not a regular file"
         if not os.access(path, os.W_OK):
             return f"cannot write {path}"
+    if not folder:
+        return None
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(folder):
         return f"no such folder: {folder}"

@@ -215,18 +215,15 @@ class Links:
         self.down_free = [0] * nodes if net.contention else None   # and downlink
 
     def arrival(self, src: int, dst: int, sent_at: int, nbytes: int) -> int:
-        net, ppn = self.net, self.ppn
+        t = self.net.send_ticks(src, dst, nbytes)     # the link's alpha + n*beta
+        if self.rx_free is None:
+            return sent_at + t
+        ppn = self.ppn
         if ppn and src // ppn != dst // ppn:
-            t = net.inter_alpha + nbytes * net.inter_beta * net.oversub
-            if self.rx_free is None:
-                return sent_at + t
             a, b = src // ppn, dst // ppn
             arrival = max(sent_at, self.up_free[a], self.down_free[b]) + t
             self.up_free[a] = self.down_free[b] = arrival
             return arrival
-        t = net.alpha + nbytes * net.beta
-        if self.rx_free is None:
-            return sent_at + t
         arrival = max(sent_at, self.rx_free[dst]) + t
         self.rx_free[dst] = arrival
         return arrival

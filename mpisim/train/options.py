@@ -232,28 +232,17 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error("--batchnorm needs --batch-size of at least 2")
     if args.plot and not args.plot.lower().endswith(".png"):
         p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
+    from ..trace import check_output
     for name, suffix in (("trace", ".json"), ("timeline", ".png")):
         path = getattr(args, name)
-        if path and os.path.isdir(path):
-            p.error(f"--{name} {path} is a directory; give a file name")
-        if path and not path.lower().endswith(suffix):
-            p.error(f"--{name} writes a {suffix[1:].upper()} file: give a file name ending in {suffix}, not {path}")
-        if path and os.path.lexists(path) and not os.path.isdir(path):
-            if not os.path.isfile(path):
-                p.error(f"--{name} {path} exists and is not a regular file; give another file name")
-            if not os.access(path, os.W_OK):
-                p.error(f"--{name} {path}: cannot write this file")
-    for name in ("trace", "timeline"):
-        if getattr(args, name) == "":
+        if path == "":
             p.error(f"--{name} needs a file name")
-    named = {}                                 # two outputs of one run never share a file
-    for name in ("metrics", "plot", "trace", "timeline"):
-        path = getattr(args, name)
-        if path:
-            real = os.path.realpath(path)
-            if real in named:
-                p.error(f"--{named[real]} and --{name} name the same file {path}")
-            named[real] = name
+        why = path and check_output(path, suffix, folder=False)   # the folder: prepare_output_file, below
+        if why:
+            p.error(f"--{name}: {why}")
+    same = same_file([(f"--{name}", getattr(args, name)) for name in ("metrics", "plot", "trace", "timeline")])
+    if same:
+        p.error(same)
     for name in ("metrics", "plot", "trace", "timeline"):
         if getattr(args, name):
             prepare_output_file(p, f"--{name}", getattr(args, name))
@@ -262,6 +251,19 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         if os.path.exists(ck) and not os.path.isdir(ck):
             p.error(f"--checkpoint {args.checkpoint} is a file; give a directory")
         _check_creatable(p, f"--checkpoint {args.checkpoint}", ck)
+
+
+def same_file(outputs: list[tuple[str, str | None]]) -> str | None:
+    """'--a and --b name the same file F' for the first two of ``(option, path)`` that do (symlinks followed;
+    None paths skipped), or None: two outputs of one run never share a file."""
+    seen: dict[str, str] = {}
+    for option, path in outputs:
+        if path:
+            real = os.path.realpath(path)
+            if real in seen:
+                return f"{seen[real]} and {option} name the same file {path}"
+            seen[real] = option
+    return None
 
 
 def prepare_output_file(p: argparse.ArgumentParser, option: str, path: str) -> None:
