@@ -360,7 +360,7 @@ class DataParallel(Role):
 
 
 PARADIGM = Paradigm(name="allreduce", doc=__doc__, setup=DataParallel, options=Options, add_args=add_args,
-                    check=check, mixed_precision=True,
+                    check=check, mixed_precision=True, workers=lambda o, N: N, replicas=True,
                     description="Data-parallel SGD: the gradient summed by an allreduce (ring, tree, ..., or MPI's own).")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

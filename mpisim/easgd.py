@@ -174,6 +174,7 @@ class Worker(Elastic):
 
 PARADIGM = Paradigm(name="easgd", doc=__doc__, setup=lambda run: (Center if run.rank < run.opts.servers else Worker)(run),
                     options=Options, add_args=add_args, check_world=check_world, per_rank_state=True,
+                    workers=lambda o, N: N - o.servers,
                     no_batchnorm="running statistics are not averaged (use mpisim.allreduce)",
                     description="Elastic averaging SGD: workers pulled toward a center variable held by servers.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main

@@ -178,7 +178,7 @@ class Gossip(Role):
 
 
 PARADIGM = Paradigm(name="gossip", doc=__doc__, setup=Gossip, options=Options, add_args=add_args,
-                    check_world=check_world, per_rank_state=True,
+                    check_world=check_world, per_rank_state=True, workers=lambda o, N: N,
                     no_batchnorm="the ranks' running statistics are not averaged (use mpisim.allreduce)",
                     description="Decentralized SGD (D-PSGD): parameters averaged with neighbours only.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main

@@ -312,6 +312,7 @@ def _stage_size(model, a: int, b: int) -> int:
 
 PARADIGM = Paradigm(name="hybrid", doc=__doc__, setup=GridRank, options=Options, add_args=add_args, check=check,
                     check_world=check_world, parts=True, listed_ranks=4,
+                    workers=lambda o, N: o.dp or max(N // (o.pp * o.tp), 1),
                     default_ranks=lambda o: (o.dp or 2) * o.pp * o.tp,      # without --sim: the grid asked for
                     no_batchnorm="a pipeline stage would normalize each micro-batch by its own statistics",
                     defaults={"hidden": (64,) * 7, "lr_schedule_flag": "--lr-schedule"},   # 8 Linear layers

@@ -141,7 +141,7 @@ class LocalSGD(Role):
 
 
 PARADIGM = Paradigm(name="localsgd", doc=__doc__, setup=LocalSGD, options=Options, add_args=add_args,
-                    check=check_compress_args, per_rank_state=True, no_batchnorm="running statistics are not averaged (use mpisim.allreduce)",
+                    check=check_compress_args, per_rank_state=True, workers=lambda o, N: N, no_batchnorm="running statistics are not averaged (use mpisim.allreduce)",
                     description="Local SGD: H local steps on every rank, then the parameters averaged.")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

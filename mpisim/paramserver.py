@@ -428,7 +428,7 @@ class ParameterServer(Role):
 
 
 PARADIGM = Paradigm(name="paramserver", doc=__doc__, setup=ParameterServer, options=Options, add_args=add_args,
-                    check=check, check_world=check_world,
+                    check=check, check_world=check_world, workers=lambda o, N: N - o.servers,
                     no_batchnorm="its running statistics would live on the workers, not the servers "
                                  "(use mpisim.allreduce)",
                     description="Parameter-server SGD: sync, async or stale-synchronous, sharded over --servers.")

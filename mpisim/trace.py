@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = ["COMPUTE", "COLLECTIVE", "MESSAGE", "Tracer", "TracedTransport", "category", "check_output", "span",
            "traced", "tracing", "totals_of", "BUS_FACTOR", "TOTAL_KEYS", "current", "finish", "gather_traces",
-           "chrome_trace", "clock_offsets", "events_of"]
+           "chrome_trace", "clock_offsets", "events_of", "totals_from_doc"]
 
 COMPUTE, COLLECTIVE, MESSAGE = "compute", "collective", "message"     # the spans' "cat"
 _CATS = (COMPUTE, COLLECTIVE, MESSAGE)
@@ -529,6 +529,21 @@ def events_of(doc: dict) -> list[list[tuple]]:
         if x.get("ph") == "X":
             s = x["ts"] / 1e6
             out[x["pid"]].append((x["cat"], x["name"], x["tid"], s, s + x["dur"] / 1e6, x.get("args")))
+    return out
+
+
+def totals_from_doc(doc: dict) -> list[dict[str, float]]:
+    """Each rank's :func:`totals_of` from a written Chrome trace document (what the closing table's time block
+    shows, recomputed from the file alone): its spans within its window."""
+    out = []
+    for r, events in enumerate(events_of(doc)):
+        spans = []
+        for cat, name, tid, s, e, a in events:
+            if cat == COLLECTIVE and a:
+                a = (a.get("algorithm"), a.get("bytes", 0), a.get("ranks", 0), a.get("category"), a.get("depth", 0))
+            spans.append((cat, name, tid, s, e, a))
+        start, end = doc["otherData"]["windows_us"][r]
+        out.append(totals_of(spans, start / 1e6, end / 1e6))
     return out
 
 

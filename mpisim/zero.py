@@ -558,7 +558,7 @@ def _list(values) -> str:
 
 
 PARADIGM = Paradigm(name="zero", doc=__doc__, setup=ZeroRank, options=Options, add_args=add_args, check=check,
-                    parts=True,
+                    parts=True, workers=lambda o, N: N,
                     no_batchnorm="ZeRO here shards the Linear layers only (BatchNorm's parameters and running "
                                  "statistics are not sharded); use mpisim.allreduce --sync-bn",
                     description="ZeRO: data parallel with optimizer state, gradients, parameters sharded (stages 1-3).")

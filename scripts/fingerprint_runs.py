@@ -27,7 +27,7 @@ import tempfile
 import time
 
 # timing fields differ between any two runs; everything else must be bit-identical
-TIMING = {"seconds", "samples_per_s", "compute_s", "comm_s"}
+TIMING = {"seconds", "samples_per_s", "compute_s", "comm_s", "eval_s"}
 COMMON = ["--quiet", "--seed", "3"]
 
 # name: (launcher ranks or None for --sim given in the options, module, options, racy)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-__all__ = ["SCHEDULES", "make_schedule", "linear_scaling"]
+__all__ = ["SCHEDULES", "make_schedule", "linear_scaling", "scaled_lr"]
 
 SCHEDULES = ("constant", "step", "cosine")
 
@@ -20,6 +20,19 @@ def linear_scaling(base_lr: float, global_batch: int, base_batch: int = 256) -> 
     if global_batch <= 0 or base_batch <= 0:
         raise ValueError(f"batch sizes must be positive, got {global_batch} and {base_batch}")
     return base_lr * global_batch / base_batch
+
+
+def scaled_lr(lr: float, scaling: str, global_batch: int, base_batch: int | None) -> float:
+    """``lr``, tuned for ``base_batch``, for ``global_batch`` under ``scaling``: none (unchanged), linear
+    (:func:`linear_scaling`) or sqrt (``lr * sqrt(global_batch / base_batch)``, which keeps the variance of
+    the update as the batch grows)."""
+    if scaling == "none" or not base_batch:
+        return lr
+    if scaling == "linear":
+        return linear_scaling(lr, global_batch, base_batch)
+    if scaling == "sqrt":
+        return lr * (global_batch / base_batch) ** 0.5
+    raise ValueError(f"unknown learning-rate scaling {scaling!r}; choose from none, linear, sqrt")
 
 
 def make_schedule(name: str, lr: float, *, epochs: int, step_size: int = 3, gamma: float = 0.5,

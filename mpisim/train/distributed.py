@@ -65,6 +65,10 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                         "oversubscribed fabric oversub=S; optionally ,contention (one message at a time per "
                         "incoming link and per node uplink and downlink) and ,compute=wall or ,compute=10GFLOP/s "
                         "(what local computation costs; default: nothing)")
+    g.add_argument("--eval", choices=("rank0", "distributed"), default="rank0",
+                   help="who scores the test set after each epoch: rank0 alone (default), or distributed: every rank "
+                        "scores its contiguous shard of it with rank 0's model and a reduce sums the counts (the same "
+                        "accuracy; each record's eval_s says how long it took)")
     g.add_argument("--inject-fault", type=_fault, default=None, metavar="RANK:STEP:KIND",
                    help="make RANK fail at its STEP-th training step (counted from 1 over the run), to see what "
                         "a failure does: KIND raise (an exception), nan (a NaN in its input, so a NaN loss), "
@@ -402,16 +406,22 @@ class Reporter:
             print(text, file=self.out, flush=True)
 
     def record(self, index: int, x_eval, y_eval, values: dict, *, save: Callable[[list[dict]], None] | None,
-               x_val=None, y_val=None, model: MLP | None = None) -> dict:
+               x_val=None, y_val=None, model: MLP | None = None, scored: dict | None = None) -> dict:
         """Evaluate the model (or ``model``) on the test (and validation) set, log, print, checkpoint
         (``save(history)``). ``values`` holds the paradigm's figures, ``seconds`` (the epoch's training
-        time) among them."""
+        time) among them. ``scored``: the evaluation's figures already computed (``--eval distributed``:
+        test_loss, test_acc, maybe val_loss and val_acc, and eval_s)."""
         from .metrics import progress_line
         model = model or self.model
         rec = {self.unit: index, **values}
-        rec["test_loss"], rec["test_acc"] = model.evaluate(x_eval, y_eval)
-        if x_val is not None:
-            rec["val_loss"], rec["val_acc"] = model.evaluate(x_val, y_val)
+        if scored is not None:
+            rec.update(scored)
+        else:
+            started = time.perf_counter()
+            rec["test_loss"], rec["test_acc"] = model.evaluate(x_eval, y_eval)
+            if x_val is not None:
+                rec["val_loss"], rec["val_acc"] = model.evaluate(x_val, y_val)
+            rec["eval_s"] = time.perf_counter() - started
         self.log.add(rec)
         line = progress_line(rec, self.args.epochs, self.unit)
         if rec.get("comm_s") is not None:

@@ -15,15 +15,18 @@ from dataclasses import dataclass
 
 from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
+from ..nn.schedule import scaled_lr
 from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
 from ..nn.precision import PRECISIONS, gpu_half_dtype
 
-__all__ = ["Parser", "add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
+__all__ = ["LR_SCALINGS", "Parser", "scaled_lr", "add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
            "TrainOptions", "options_from"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
-                     "download", "device", "matmul_backend", "inject_fault", "schedule_plot", "trace", "timeline")
+                     "download", "device", "matmul_backend", "inject_fault", "schedule_plot", "trace", "timeline", "eval")
+
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 class Parser(argparse.ArgumentParser):
@@ -175,6 +178,12 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
         g.add_argument("--epochs", type=_positive_int, default=epochs, help=f"(default {epochs})")
         g.add_argument("--batch-size", type=_positive_int, default=batch_size, metavar="B",
                        help=f"(global) batch size (default {batch_size})")
+        g.add_argument("--lr-scaling", choices=LR_SCALINGS, default="none",
+                       help="scale --lr with the global batch B: linear, lr x B/B0 (Goyal et al. 2017; pair it with "
+                            "--warmup), or sqrt, lr x sqrt(B/B0), where B0 is --base-batch, the batch --lr was "
+                            "tuned for (default none)")
+        g.add_argument("--base-batch", type=_positive_int, default=None, metavar="B0",
+                       help=f"with --lr-scaling: the batch size --lr was tuned for (default {batch_size})")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="one seed for init, shuffles and dropout (default 0)")
 
     g = p.add_argument_group("output")
@@ -228,6 +237,10 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error("--optimizer nesterov needs --momentum > 0")
     if args.dataset != "mnist" and (args.data_dir or args.download):
         p.error(f"--data-dir and --download are for --dataset mnist, not {args.dataset}")
+    if getattr(args, "base_batch", None) is not None and args.lr_scaling == "none":
+        p.error("--base-batch is the batch size --lr was tuned for: it needs --lr-scaling linear or sqrt")
+    if getattr(args, "lr_scaling", "none") != "none" and args.base_batch is None:
+        args.base_batch = p.get_default("batch_size")
     if args.batchnorm and args.batch_size is not None and args.batch_size < 2:
         p.error("--batchnorm needs --batch-size of at least 2")
     if args.plot and not args.plot.lower().endswith(".png"):
@@ -322,6 +335,10 @@ class TrainOptions:
     warmup: float = 0.0
     epochs: int = 10               # or rounds, for federated paradigms
     batch_size: int | None = 64    # None where the paradigm's clients choose their own batches
+    lr_scaling: str = "none"       # linear | sqrt: lr for base_batch, scaled to the global batch at the start
+    base_batch: int | None = None
+    per_rank_batch: int | None = None   # data parallel: the global batch is this times the workers
+    base_lr: float | None = None   # with lr_scaling: --lr as given (lr is then the scaled rate)
     seed: int = 0
     # output
     metrics: str | None = None
@@ -337,6 +354,7 @@ class TrainOptions:
     sim_timeout: float = 120.0
     network: object = None         # a mpisim.comm.network.Network, or None
     inject_fault: tuple | None = None
+    eval: str = "rank0"            # or distributed: every rank scores a shard of the test set
 
 
 def options_from(cls, args: argparse.Namespace):

@@ -34,12 +34,12 @@ import argparse
 import contextlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
-from ..comm import allreduce, barrier, gather
+from ..comm import allreduce, barrier, bcast, gather, reduce
 from ..comm.group import uncounted
 from ..comm.network import TICK
 from ..data import epoch_permutation
@@ -52,7 +52,8 @@ from .distributed import (LAUNCH_OPTIONS, CommReport, Formula, Meter, ParadigmEr
 from .loop import (build_dataset, build_model, build_optimizer, build_schedule, data_fingerprint, gather_batch,
                    save_state)
 from .metrics import time_table
-from .options import Parser, TrainOptions, add_training_args, check_training_args, options_from, run_config
+from .options import (Parser, TrainOptions, add_training_args, check_training_args, options_from, run_config,
+                      scaled_lr)
 
 __all__ = ["Config", "LocalSteps", "NoOptions", "Paradigm", "Part", "Payload", "Role", "Run", "TracedMeter", "fault_on_server",
            "summary_line"]
@@ -165,6 +166,10 @@ class Paradigm:
     parts: bool = False                         # model parallel: each rank trains a Part of the model
     #                                             (Run.attach); the full model and optimizer on rank 0 are
     #                                             gathered from the parts before each evaluation and checkpoint
+    workers: Callable[[Any, int], int] | None = None   # data parallel: how many of N ranks share the global
+    #                                             batch (given the paradigm's options); enables --per-rank-batch
+    replicas: bool = False                      # every rank's eval_model() equals rank 0's after each epoch
+    #                                             (--eval distributed then needs no broadcast of the model)
 
     @property
     def prog(self) -> str:
@@ -186,6 +191,11 @@ class Paradigm:
         add_training_args(p, unit=self.unit, **self.defaults)
         if self.cluster:
             add_cluster_args(p)
+        if self.workers:
+            next(g for g in p._action_groups if g.title == "optimization").add_argument(
+                "--per-rank-batch", type=int, default=None, metavar="B",
+                help="each worker's batch: the global batch is B times the workers (weak scaling: the work per "
+                     "worker stays the same as workers are added; instead of --batch-size)")
         if self.add_args:
             self.add_args(p)
         return p
@@ -197,6 +207,12 @@ class Paradigm:
         check_training_args(p, args)
         if self.cluster:
             check_cluster_args(p, args)
+        if getattr(args, "per_rank_batch", None) is not None:
+            if args.per_rank_batch < 1:
+                p.error(f"--per-rank-batch must be a positive integer, got {args.per_rank_batch}")
+            given = [a for a in (sys.argv[1:] if argv is None else map(str, argv)) if a.startswith("--batch-size")]
+            if given:
+                p.error("--per-rank-batch sets the global batch (B times the workers): drop --batch-size")
         train, opts = options_from(TrainOptions, args), options_from(self.options, args)
         if train.batchnorm and self.no_batchnorm:
             p.error(f"--batchnorm is not supported by {self.name}: {self.no_batchnorm}")
@@ -208,7 +224,19 @@ class Paradigm:
         problem = self.world_problem(train, opts, train.sim) if train.sim else None
         if problem:
             p.error(problem)
+        if train.sim:
+            train = self.resolve(train, opts, train.sim)
         return Config(train, opts)
+
+    def resolve(self, train: TrainOptions, opts, N: int) -> TrainOptions:
+        """The options as they run on ``N`` ranks: the global batch from --per-rank-batch, and --lr scaled to
+        it by --lr-scaling. Idempotent: ``base_lr`` keeps the rate given on the command line."""
+        if train.per_rank_batch and self.workers:
+            train = replace(train, batch_size=train.per_rank_batch * self.workers(opts, N))
+        if train.lr_scaling != "none" and train.batch_size:
+            base = train.base_lr if train.base_lr is not None else train.lr
+            train = replace(train, base_lr=base, lr=scaled_lr(base, train.lr_scaling, train.batch_size, train.base_batch))
+        return train
 
     def world_problem(self, train: TrainOptions, opts, N: int) -> str | None:
         """Why these options cannot run on ``N`` ranks (the paradigm's ``check_world`` and the fault's rank)."""
@@ -228,6 +256,7 @@ class Paradigm:
             if t.rank == 0:
                 raise UsageError(problem)
             return None
+        cfg = Config(self.resolve(cfg.train, cfg.opts, t.size), cfg.opts)
         # --trace, --timeline: the transport is traced from the first epoch on (Run.loop begins the recording)
         tracer = Tracer(t, active=False) if cfg.train.trace or cfg.train.timeline else None
         with current(tracer) if tracer else contextlib.nullcontext():
@@ -291,8 +320,17 @@ class Run:
         if paradigm.per_rank_state and tr.resume:
             self.scatter_own()
         self.rep = Reporter(tr, self.model, self.state, unit=self.unit) if t.rank == 0 else None
+        if tr.per_rank_batch and paradigm.workers:
+            W = paradigm.workers(self.opts, t.size)
+            self.say(f"global batch {tr.batch_size} = {tr.per_rank_batch} per worker x {W} worker{'s' if W != 1 else ''} "
+                     "(--per-rank-batch)")
+        if tr.lr_scaling != "none":
+            ratio = f"{tr.batch_size}/{tr.base_batch}"
+            self.say(f"learning rate {tr.lr:g} = {tr.base_lr:g} x {ratio if tr.lr_scaling == 'linear' else f'sqrt({ratio})'} "
+                     f"(--lr-scaling {tr.lr_scaling} from --base-batch {tr.base_batch})")
         self.x_train = self.ds.x_train.astype(self.model.dtype, copy=False)
         self.steps = -(-self.ds.num_train // tr.batch_size) if tr.batch_size else 0   # global batches per epoch
+        self._eval_copy = None              # --eval distributed: rank 0's model, on the ranks that need a copy
         self.epochs_run = 0
         self.last_step = 0                  # the latest step maybe_fail saw (a fault never reached is said)
         self.epoch_started = self.started
@@ -381,12 +419,55 @@ class Run:
                 self.gather_parts()
             if rep:
                 values.setdefault("seconds", self.elapsed())
+            scored = self.score(role) if tr.eval == "distributed" else None
+            if rep:
                 rec = rep.record(epoch + 1, self.ds.x_test, self.ds.y_test, values, model=role.eval_model(),
-                                 x_val=self.ds.x_val, y_val=self.ds.y_val,
+                                 x_val=self.ds.x_val, y_val=self.ds.y_val, scored=scored,
                                  save=lambda h, e=epoch: self.save(role, e + 1, h, own))
                 note = role.note(rec)
                 if note:
                     rep.say(note)
+
+    def score(self, role: Role) -> dict | None:
+        """``--eval distributed``: every rank scores its contiguous shard of the test (and validation) set with
+        rank 0's evaluation model (broadcast first unless every rank holds it already: ``Paradigm.replicas``;
+        BatchNorm's running statistics always, as each replica keeps its own) and one reduce sums the loss sums,
+        correct counts and sizes on rank 0 (control). Rank 0 returns the record's figures, the others None."""
+        started = time.perf_counter()
+        t, model = self.t, role.eval_model() if self.rank == 0 or self.paradigm.replicas else None
+        with self.meter.comm("control"):
+            if not self.paradigm.replicas:
+                if model is None:
+                    if self._eval_copy is None:
+                        self._eval_copy = build_model(self.train, self.ds)
+                    model = self._eval_copy
+                got = bcast(t, model.params, root=0)
+                if self.rank:
+                    model.params[...] = got
+            if model.buffers.size:
+                got = bcast(t, model.buffers, root=0)
+                if self.rank:
+                    model.buffers[...] = got
+        sets = [(self.ds.x_test, self.ds.y_test)]
+        if self.ds.x_val is not None:
+            sets.append((self.ds.x_val, self.ds.y_val))
+        sums = np.zeros(3 * len(sets), dtype=np.float64)
+        for k, (x, y) in enumerate(sets):
+            lo, hi = (len(y) * self.rank) // self.size, (len(y) * (self.rank + 1)) // self.size
+            if hi > lo:
+                loss, acc = model.evaluate(x[lo:hi], y[lo:hi])
+                sums[3 * k:3 * k + 3] = (loss * (hi - lo), round(acc * (hi - lo)), hi - lo)
+        with self.meter.comm("control"):
+            tot = reduce(t, sums, op="sum", root=0)
+        if self.rank != 0:
+            return None
+        out = {}
+        for k, name in enumerate(("test", "val")[:len(sets)]):
+            n = tot[3 * k + 2]
+            out[f"{name}_loss"], out[f"{name}_acc"] = ((tot[3 * k] / n, tot[3 * k + 1] / n) if n else
+                                                       (float("nan"), float("nan")))
+        out["eval_s"] = time.perf_counter() - started
+        return out
 
     def save(self, role: Role, epoch: int, history: list[dict], own: dict | None = None) -> None:
         save_state(self.train.checkpoint, self.model, role.checkpoint_optimizer(), epoch=epoch,
