@@ -164,7 +164,7 @@ class Study:
         mins, secs = divmod(round(took), 60)
         head = (f"`{self.command}` (ran {f'{mins} min {secs} s' if mins else f'{secs} s'} on {machine()}; "
                 f"{time.strftime('%Y-%m-%d')})")
-        title = self.name.replace("-", " ").capitalize()
+        title = getattr(self.module, "TITLE", None) or self.name.replace("-", " ").capitalize()
         md = [head, "", f"# {title}", "", f"**{self.question}**", "", "## Setting", "",
               *(f"- {s}" for s in self.settings), "", "## Results", ""]
         for part in self.parts:

@@ -49,6 +49,7 @@ def run(study: Study) -> None:
     steps = len(mpi_ranks) * 2 + len(sim_ranks) * 2
     k = 0
     results: dict[str, list[dict]] = {}
+    per_rank_split: dict[str, tuple[int, list[dict]]] = {}
     for where, ranks in (("mpiexec", mpi_ranks), ("sim", sim_ranks)):
         for mode in ("strong", "weak"):
             rows = []
@@ -69,6 +70,8 @@ def run(study: Study) -> None:
                     seconds = last["virtual_s"]
                 B = global_batch if mode == "strong" else per_rank * N
                 rows.append(_figures(N, B, n_train, seconds, got["trace"], epochs if where == "mpiexec" else 1))
+                if mode == "strong":
+                    per_rank_split[where] = (N, got["trace"])
             base = rows[0]
             for r in rows:
                 if mode == "strong":
@@ -79,6 +82,14 @@ def run(study: Study) -> None:
             results[f"{where}-{mode}"] = rows
             _table(study, where, mode, rows, have)
     study.data["results"] = results
+    for where, (N, totals) in per_rank_split.items():
+        clock = "wall" if where == "mpiexec" else "virtual"
+        study.table(f"Each rank's time, strong scaling on {N} {'MPI' if where == 'mpiexec' else 'simulated'} ranks "
+                    f"({clock} seconds over the whole run)",
+                    ["rank", "compute s", "comm s", "idle s", "run s", "comm share"],
+                    [[r, t["compute"], t["comm"], t["idle"], t["run"], pct(t["comm"] / t["run"] if t["run"] else None, 0)]
+                     for r, t in enumerate(totals)][:16],
+                    note=f"The first 16 of {N} ranks." if N > 16 else None)
     _plot(study, results)
     _conclude(study, results, have)
 

@@ -254,8 +254,12 @@ def test_train_options_hold_every_shared_option_of_the_parser(name):
     args = par.build_parser().parse_args([])
     own = {f.name for f in dataclasses.fields(par.options)}
     shared = set(vars(args)) - own
-    cluster = {"sim", "sim_timeout", "network", "inject_fault"}
-    fields = {f.name for f in dataclasses.fields(TrainOptions)}
+    cluster = {"sim", "sim_timeout", "network", "inject_fault", "eval"}
+    fields = {f.name for f in dataclasses.fields(TrainOptions)} - {"base_lr"}    # derived: --lr before scaling
+    if not par.workers:
+        fields -= {"per_rank_batch"}                 # only the data-parallel paradigms split a global batch
+    if par.unit == "round":
+        fields -= {"lr_scaling", "base_batch"}       # the clients choose their own batches
     assert shared == (fields if par.cluster else fields - cluster)
     train = options_from(TrainOptions, args)
     for k in shared:
