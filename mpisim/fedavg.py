@@ -22,6 +22,11 @@ depend on the number of ranks (the server receives the updates in client order).
   client's masks by secret sharing is not implemented).
 * ``--dp-clip S --dp-noise z``: each update is clipped to L2 norm S, the updates are averaged with equal
   weights and Gaussian noise of std z S / m is added (McMahan et al. 2018, DP-FedAvg).
+* Client drift, ``drift`` in each round's record (and summed up at the end): the mean over the round's
+  accepted clients of ||w_k - w_avg|| / ||w_avg||, their models after local training against their
+  average (:func:`mpisim.train.federated.client_drift`), computed by the server from the updates it
+  received (under --dp-clip the clipped ones, before the noise). ``None`` under --secure-agg, which hides
+  the individual updates, and in a round that kept the old model.
 
     python -m mpisim.fedavg --sim 3                                   # 100 clients on 3 simulated ranks
     python -m mpisim.fedavg --sim 3 --partition shards --plot-partition parts.png
@@ -92,7 +97,9 @@ _positive_float = _float_between(0, float("inf"), "a finite number > 0")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("federated")
+    g = p.add_argument_group("federated", "each round's --metrics record has drift, the client drift: the mean "
+                                          "over the round's clients\nof ||w_k - w_avg|| / ||w_avg|| after local "
+                                          "training (null with --secure-agg, which hides\nthe individual updates)")
     g.add_argument("--clients", type=_int_at_least(1, "a positive integer"), default=100, metavar="K",
                    help="number of clients (default 100)")
     g.add_argument("--fraction", type=_positive_float, default=0.1, metavar="C",
@@ -219,6 +226,8 @@ class Server(Federated):
             with run.meter.comm("payload"):
                 t.send(run.model.params, host(int(c), t.size), TAG_MODEL)
         updates, counts, rejected, sums = self.collect(sampled, rnd)
+        kept = not updates or (self.strategy.rule.all_or_nothing and bool(rejected))
+        drift = None if kept else self.strategy.drift(updates, counts, run.model.params)   # a measurement only
         with run.meter.computing():
             if self.strategy.rule.all_or_nothing and rejected:
                 run.say(f"    round {rnd + 1}: secure aggregation cannot unmask the sum without every sampled "
@@ -230,9 +239,22 @@ class Server(Federated):
         now = run.meter.snapshot()
         accepted = 0 if self.strategy.rule.all_or_nothing and rejected else len(updates)
         return {"loss": sums[0] / max(sums[2], 1), "train_acc": sums[1] / max(sums[2], 1), "clients": len(sampled),
-                "accepted": accepted, "rejected": rejected, "lr": run.lr_at(rnd), "seconds": run.elapsed(),
+                "accepted": accepted, "rejected": rejected, "drift": drift, "lr": run.lr_at(rnd),
+                "seconds": run.elapsed(),
                 "server_payload_bytes": int(now["payload_bytes"] - run.before["payload_bytes"]),
                 "server_payload_messages": int(now["payload_messages"] - run.before["payload_messages"])}
+
+    def epilogue(self) -> str | None:
+        """The client drift over the run (each round's is in its record)."""
+        if self.run.opts.secure_agg:
+            return "client drift: not measured (secure aggregation shows the server only masked updates)"
+        got = [(r["round"], r["drift"]) for r in self.run.rep.log.records if r.get("drift") is not None]
+        if not got:
+            return None
+        mean = sum(d for _, d in got) / len(got)
+        return (f"client drift, mean over each round's clients of ||w_k - w_avg|| / ||w_avg|| after local "
+                f"training: {got[0][1]:.3g} in round {got[0][0]}, {got[-1][1]:.3g} in round {got[-1][0]}, "
+                f"{mean:.3g} on average over {plural(len(got), 'round')}")
 
     def collect(self, sampled: np.ndarray, rnd: int):
         """Each sampled client's header and update, in client order, checked: (updates, counts, rejected,

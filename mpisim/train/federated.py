@@ -13,6 +13,11 @@ objects composed once at start-up by :func:`make_strategy`: a :class:`ClientSamp
 clients, an aggregation rule (:class:`WeightedAverage` or :class:`SecureAggregation`) says how a client
 encodes its update and how the server combines them, and :class:`DifferentialPrivacy` clips updates and
 noises the average. A paradigm (``mpisim/fedavg.py``) moves the bytes; everything here is tested on its own.
+
+* Client drift (:func:`client_drift`; the name is from Karimireddy et al. 2020, "SCAFFOLD"): how far the
+  round's clients end from their average after local training, measured by the server from the updates it
+  receives; it grows as the clients' data get less IID. Secure aggregation hides the individual updates, so
+  there it is not measured.
 """
 from __future__ import annotations
 
@@ -30,9 +35,9 @@ from ..data.partition import data_rng
 from .checkpoint import atomic_write_bytes
 
 __all__ = ["FIXED_POINT_BITS", "ClientSampler", "DifferentialPrivacy", "SecureAggregation", "Strategy",
-           "WeightedAverage", "check_update", "clip_update", "dequantize", "gaussian_noise", "make_strategy",
-           "mask", "num_clients_per_round", "pair_seed", "plot_partition", "quantize",
-           "sample_clients", "secure_sum", "weighted_average"]
+           "WeightedAverage", "check_update", "client_drift", "clip_update", "dequantize", "draw_partition",
+           "gaussian_noise", "make_strategy", "mask", "num_clients_per_round", "pair_seed", "plot_partition",
+           "quantize", "sample_clients", "secure_sum", "weighted_average"]
 
 FIXED_POINT_BITS = 32                     # quantize: x -> round(x * 2**32)
 _SCALE = float(2 ** FIXED_POINT_BITS)
@@ -100,6 +105,37 @@ def weighted_average(updates: Sequence[np.ndarray], num_examples: Sequence[int],
         return acc.astype(first.dtype)
     out[...] = acc
     return out
+
+
+def client_drift(updates: Sequence[np.ndarray], weights: Sequence[int], params: np.ndarray) -> float:
+    """mean_k ||w_k - w_avg|| / ||w_avg||: how far the clients' models end from their average, relative to it.
+
+    w_k = params + u_k is client k's model after local training, w_avg = params + sum_k n_k u_k / sum_k n_k
+    their weighted average (``weights`` n_k, as the aggregation weighs them; no DP noise), so
+    ||w_k - w_avg|| = ||u_k - u_avg||. The mean is over the clients, unweighted; all in float64, nothing is
+    modified. 0 exactly for a single client.
+    """
+    if len(updates) == 0:
+        raise ValueError("updates must not be empty")
+    if len(updates) != len(weights):
+        raise ValueError(f"updates and weights differ in length: {len(updates)} != {len(weights)}")
+    params = np.asarray(params)
+    for k, (u, n) in enumerate(zip(updates, weights)):
+        if not isinstance(u, np.ndarray) or u.shape != params.shape:
+            what = u.shape if isinstance(u, np.ndarray) else type(u).__name__
+            raise ValueError(f"updates[{k}] is {what}, params is {params.shape}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"weights[{k}] must be an integer > 0, got {n!r}")
+    if len(updates) == 1:
+        avg = updates[0].astype(np.float64)
+    else:
+        avg = np.zeros(params.shape, dtype=np.float64)
+        for u, n in zip(updates, weights):
+            avg += u.astype(np.float64) * int(n)
+        avg /= float(sum(int(n) for n in weights))
+    norm = math.sqrt(float(np.square(params.astype(np.float64) + avg).sum()))
+    spread = sum(math.sqrt(float(np.square(u.astype(np.float64) - avg).sum())) for u in updates) / len(updates)
+    return spread / norm if norm > 0 else (0.0 if spread == 0 else math.inf)
 
 
 # ---- DP-FedAvg: reject, clip, noise ----------------------------------------------------------
@@ -346,6 +382,14 @@ class Strategy:
         avg = self.rule.combine(updates, counts, round)
         return self.privacy.add_noise(avg, len(updates), round) if self.privacy else avg
 
+    def drift(self, updates: Sequence[np.ndarray], counts: Sequence[int], params: np.ndarray) -> float | None:
+        """:func:`client_drift` of the accepted updates around the global model ``params``, weighted as the
+        rule weighs them (the clipped updates under DP, before the noise); None under secure aggregation,
+        where the server sees only masked vectors, or without updates."""
+        if self.rule.all_or_nothing or not updates:
+            return None
+        return client_drift(updates, [self.rule.weight(n) for n in counts], params)
+
     def describe(self) -> str:
         return self.rule.describe() + (f", DP clip {self.privacy.clip:g} noise {self.privacy.noise:g}"
                                        if self.privacy else "")
@@ -362,6 +406,30 @@ def make_strategy(*, num_clients: int, fraction: float, seed: int, secure_agg: b
 
 # ---- a look at the split --------------------------------------------------------------------
 
+def draw_partition(ax, hist: np.ndarray, *, title: str = "", colorbar: bool = True, counts: bool | None = None):
+    """Draw the heatmap of ``(clients, classes)`` example counts on the matplotlib axes ``ax`` (one panel of a
+    bigger figure, or :func:`plot_partition`'s); ``counts``: write each cell's count (default: while there are
+    at most 30 clients and classes). Returns the image."""
+    hist = np.asarray(hist)
+    if hist.ndim != 2 or 0 in hist.shape:
+        raise ValueError(f"hist must be a non-empty (clients, classes) array, got shape {hist.shape}")
+    from matplotlib.ticker import MaxNLocator
+
+    clients, classes = hist.shape
+    im = ax.imshow(hist, aspect="auto", interpolation="nearest", cmap="viridis")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label="examples")
+    ax.set(xlabel="class", ylabel="client", title=title or f"{clients} clients x {classes} classes")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(classes, 20)))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(clients, 25)))
+    if counts if counts is not None else (clients <= 30 and classes <= 30):      # counts in cells while readable
+        light = hist.max() / 2
+        for (c, k), v in np.ndenumerate(hist):
+            ax.text(k, c, f"{v:g}", ha="center", va="center", fontsize=7,
+                    color="black" if v > light else "white")
+    return im
+
+
 def plot_partition(hist: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
     """Heatmap of ``(clients, classes)`` example counts (:func:`mpisim.data.label_histogram`), as a PNG."""
     hist = np.asarray(hist)
@@ -370,20 +438,10 @@ def plot_partition(hist: np.ndarray, path: str | os.PathLike, *, title: str = ""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     clients, classes = hist.shape
     fig, ax = plt.subplots(figsize=(min(4 + 0.45 * classes, 16), min(2 + 0.25 * clients, 14)))
-    im = ax.imshow(hist, aspect="auto", interpolation="nearest", cmap="viridis")
-    fig.colorbar(im, ax=ax, label="examples")
-    ax.set(xlabel="class", ylabel="client", title=title or f"{clients} clients x {classes} classes")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(classes, 20)))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(clients, 25)))
-    if clients <= 30 and classes <= 30:                      # counts in cells only while readable
-        light = hist.max() / 2
-        for (c, k), v in np.ndenumerate(hist):
-            ax.text(k, c, f"{v:g}", ha="center", va="center", fontsize=7,
-                    color="black" if v > light else "white")
+    draw_partition(ax, hist, title=title)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
