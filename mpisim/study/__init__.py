@@ -129,8 +129,10 @@ class Study:
                  "  ".join("-" * w for w in width)]
         lines += ["  ".join(f"{c:>{w}}" for c, w in zip(r, width)) for r in cells]
         self.say("\n" + "\n".join(lines) + (f"\n{note}" if note else ""))
-        md = [f"**{title}**", "", "| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
-        md += ["| " + " | ".join(r) + " |" for r in cells]
+        def esc(c) -> str:
+            return str(c).replace("|", "\\|")
+        md = [f"**{title}**", "", "| " + " | ".join(map(esc, headers)) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
+        md += ["| " + " | ".join(map(esc, r)) + " |" for r in cells]
         if note:
             md += ["", note]
         self.parts.append("\n".join(md))
