@@ -14,6 +14,8 @@ TOOLS = [
      "python -m mpisim.analysis --quick   (docs/complexity.md: see its first line)"),
     ("mpisim.calibrate", "measure this machine's alpha, beta, gamma and print them as a --network spec",
      "mpiexec -n 2 python -m mpisim.calibrate --validate"),
+    ("mpisim.study", "the course experiments, one command each: tables, plots and conclusions in NAME.md",
+     "python -m mpisim.study --list   (docs/studies: the full runs)"),
     ("kernels", "grayscale and matmul backends (numpy, numba, numba_cuda, cupy): which run here",
      "python -m kernels"),
     ("kernels.bench", "the kernels' GB/s and GFLOP/s next to memcpy, BLAS and cuBLAS",

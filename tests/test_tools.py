@@ -63,7 +63,7 @@ def test_demo_on_simulated_ranks():
 def test_python_m_mpisim_lists_the_tools():
     res = subprocess.run([sys.executable, "-m", "mpisim"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "mpiexec -n 2 python -m mpisim.bench" in res.stdout
-    assert "python -m mpisim.centralized" in res.stdout
+    assert "python -m mpisim.centralized" in res.stdout and "python -m mpisim.study --list" in res.stdout
     for paradigm in ("allreduce", "paramserver", "fedavg", "localsgd", "easgd", "gossip"):
         assert f"python -m mpisim.{paradigm} --sim" in res.stdout and f"-m mpisim.{paradigm} " in res.stdout
     res = subprocess.run([sys.executable, "-m", "mpisim", "gossip"], cwd=ROOT, capture_output=True, text=True,
@@ -74,6 +74,7 @@ def test_python_m_mpisim_lists_the_tools():
 @pytest.mark.parametrize("args, words", [
     (["-m", "mpisim", "--bogus"], "unknown option --bogus"), (["-m", "mpisim", "garbage"], "unknown tool 'garbage'"),
     (["-m", "mpisim", "kernels.bench"], "run the tool as python -m kernels.bench"),
+    (["-m", "mpisim", "study"], "run the tool as python -m mpisim.study"),
     (["-m", "kernels", "--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_arguments_to_the_listings_exit_2_with_one_line(args, words):

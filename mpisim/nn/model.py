@@ -38,6 +38,8 @@ from .layers import ACTIVATIONS, GELU, BatchNorm1d, Dropout, Layer, LeakyReLU, L
 from .loss import SoftmaxCrossEntropy
 from .precision import BYTES_PER_VALUE, PRECISIONS, gpu_half_dtype, half_matmul, rounder
 
+EVAL_BATCH = 1024       # rows per forward pass when evaluating (--eval distributed shards in whole such batches)
+
 __all__ = ["MLP", "dropout_generator", "parse_hidden"]
 
 _INIT_PURPOSE, _DROPOUT_PURPOSE = 1, 2
@@ -250,7 +252,7 @@ class MLP:
         self.backward(self.loss_fn.backward(scale), hook)
         return loss, correct
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = 1024) -> tuple[float, float]:
+    def evaluate(self, x: np.ndarray, y: np.ndarray, *, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
         """(mean loss, accuracy) in eval mode, in batches."""
         n = len(y)
         if n == 0:
@@ -266,7 +268,7 @@ class MLP:
                 total_loss += self.loss_fn.forward(logits, yb) * len(yb)
         return total_loss / n, correct / n
 
-    def predict(self, x: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    def predict(self, x: np.ndarray, *, batch_size: int = EVAL_BATCH) -> np.ndarray:
         """Predicted classes in eval mode."""
         self._upload()
         return np.concatenate([self.ops.to_host(self._forward(x[s:s + batch_size], train=False).argmax(axis=1))

@@ -36,12 +36,13 @@ def scaled_lr(lr: float, scaling: str, global_batch: int, base_batch: int | None
 
 
 def make_schedule(name: str, lr: float, *, epochs: int, step_size: int = 3, gamma: float = 0.5,
-                  warmup: float = 0.0, min_lr: float = 0.0) -> Callable[[float], float]:
-    """``f(epoch) -> lr``, where ``epoch`` counts from 0 and may be fractional (epoch + step/steps)."""
+                  warmup: float = 0.0, min_lr: float = 0.0, warmup_start: float = 0.1) -> Callable[[float], float]:
+    """``f(epoch) -> lr``, where ``epoch`` counts from 0 and may be fractional (epoch + step/steps). A
+    ``warmup`` rises linearly from ``warmup_start`` times the rate (a tenth by default) to the rate."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
-    if step_size < 1 or gamma <= 0 or warmup < 0 or epochs < 1:
-        raise ValueError("schedule: need step_size >= 1, gamma > 0, warmup >= 0, epochs >= 1")
+    if step_size < 1 or gamma <= 0 or warmup < 0 or epochs < 1 or not 0 < warmup_start <= 1:
+        raise ValueError("schedule: need step_size >= 1, gamma > 0, warmup >= 0, epochs >= 1, 0 < warmup_start <= 1")
 
     def base(t: float) -> float:
         if name == "step":
@@ -51,8 +52,8 @@ def make_schedule(name: str, lr: float, *, epochs: int, step_size: int = 3, gamm
         return lr
 
     def f(t: float) -> float:
-        if warmup > 0 and t < warmup:       # from lr/10 at t = 0 up to lr at t = warmup
-            return base(t) * (0.1 + 0.9 * t / warmup)
+        if warmup > 0 and t < warmup:       # from lr * warmup_start at t = 0 up to lr at t = warmup
+            return base(t) * (warmup_start + (1.0 - warmup_start) * t / warmup)
         return base(t)
 
     return f

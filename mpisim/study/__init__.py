@@ -29,7 +29,8 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-__all__ = ["STUDIES", "Study", "StudyError", "simulate", "mpi_job", "mpiexec_path", "load_study", "fmt", "pct"]
+__all__ = ["STUDIES", "Study", "StudyError", "simulate", "mpi_job", "mpiexec_path", "load_study", "fmt", "pct", "shape",
+           "cores"]
 
 # name: (module, what it measures, in a line for --list)
 STUDIES: dict[str, tuple[str, str]] = {
@@ -193,8 +194,7 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores ({cpu}), Python {platform.python_version()}"
+    return f"{cores()} cores ({cpu}), Python {platform.python_version()}"
 
 
 # -- running paradigms ----------------------------------------------------------------------------------------
@@ -220,13 +220,16 @@ def simulate(study: Study, paradigm: str, args: list[str], *, tag: str, trace: b
     except SystemExit:
         raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)}: {err.getvalue().strip()}") from None
     tr = cfg.train
+    from ..comm import RankError
     from ..train.distributed import _with_ftz
-    cluster = SimCluster(tr.sim or 1, timeout=tr.sim_timeout, network=tr.network, rank_bytes=rank_bytes(tr))
     try:
+        cluster = SimCluster(tr.sim or 1, timeout=tr.sim_timeout, network=tr.network, rank_bytes=rank_bytes(tr))
         with threadpool_limits(limits=1):      # one BLAS thread, as each MPI rank of the studies has
             result = cluster.run(_with_ftz, mod.PARADIGM.run_rank, cfg)[0]
     except Exception as e:
-        cause = getattr(e, "exc", e)
+        cause = e.exc if isinstance(e, RankError) else e
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
         raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)} failed: {type(cause).__name__}: {cause}") from None
     out = {"records": read_records(metrics), "result": result}
     if trace:
@@ -234,6 +237,23 @@ def simulate(study: Study, paradigm: str, args: list[str], *, tag: str, trace: b
         with open(study.path(f"{tag}.json")) as f:
             out["trace"] = totals_from_doc(json.load(f))
     return out
+
+
+def shape(paradigm: str, args: list[str]) -> dict:
+    """What a run of ``python -m mpisim.<paradigm> ARGS`` trains on, without training: the training and test
+    set sizes and the model (its description and parameter count)."""
+    from ..train.loop import build_dataset, build_model
+    mod = importlib.import_module(f"mpisim.{paradigm}")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            tr = mod.PARADIGM.parse(args).train
+    except SystemExit:
+        raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)}: {err.getvalue().strip()}") from None
+    ds = build_dataset(tr)
+    model = build_model(tr, ds)
+    return {"num_train": ds.num_train, "num_test": len(ds.y_test), "params": model.num_params,
+            "model": model.describe(), "sizes": "-".join(map(str, model.sizes))}
 
 
 def mpiexec_path() -> str | None:

@@ -454,10 +454,11 @@ def _conclude(study, names, label, sizes, timing, copy, by_scale, memory, train,
                    f"{fmt(t[slow] * 1e3)} ms with {label[slow]} ({t[slow] / t[fast]:.2f}x), {fmt(diff)} ms more. "
                    f"Replayed on the trained network's own inputs (RMS {train[slow]['input_rms']:.2g} for "
                    f"{label[slow]}), the activation layers alone take {fmt(rep)} ms more per epoch with {label[slow]} "
-                   f"than with {label[fast]}, {pct(rep / diff, 0)} of the measured difference, against {fmt(pred)} ms "
-                   f"predicted from unit-normal inputs"
+                   f"than with {label[fast]}"
+                   + (f", {pct(rep / diff, 0)} of the measured difference" if diff > 0 else "")
+                   + f", against {fmt(pred)} ms predicted from unit-normal inputs"
                    + (": the values a layer gets change its cost, and a benchmark on other values misjudges it."
-                      if abs(rep - pred) > 0.3 * max(abs(rep), abs(pred)) else ".")
+                      if abs(rep - pred) > 0.3 * max(abs(rep), abs(pred)) and slow in varies else ".")
                    + f" Their replayed share of an epoch runs from "
                    f"{pct(min(train[a]['replay_ms'] / (t[a] * 1e3) for a in names), 0)} "
                    f"({label[min(names, key=lambda a: train[a]['replay_ms'] / t[a])]}) to "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from . import Study, fmt, pct, simulate
+from . import Study, fmt, pct, shape, simulate
 
 QUESTION = ("How do the time per epoch, the throughput and the test accuracy after a fixed number of epochs "
             "change with the batch size?")
@@ -18,9 +18,11 @@ def run(study: Study) -> None:
     lr = 0.05
     common = ["--dataset", "synthetic", "--synthetic-size", str(size), "--hidden", "256,128", "--optimizer", "sgd",
               "--lr", str(lr), "--epochs", str(epochs)]
-    study.setting(f"`python -m mpisim.centralized` (one process, one BLAS thread per process as the study runs it) on "
-                  f"the synthetic dataset of {size:,} examples (64 features, 10 classes, 80% for training), "
-                  f"MLP 64-256-128-10, plain SGD with lr {lr:g} for every batch size, {epochs} epochs, "
+    got = shape("centralized", common)
+    n_train = got["num_train"]
+    study.setting(f"`python -m mpisim.centralized` (one process, one BLAS thread) on the synthetic dataset of "
+                  f"{size:,} examples ({n_train:,} for training, 64 features, 10 classes), MLP {got['sizes']} "
+                  f"({got['params']:,} parameters), plain SGD with lr {lr:g} for every batch size, {epochs} epochs, "
                   f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}.")
     study.setting("Time per epoch is the median over the epochs after the first (which pays for warm-up); "
                   "accuracy is the test accuracy after the last epoch" + (", mean over the seeds (min-max in the "
@@ -39,7 +41,7 @@ def run(study: Study) -> None:
             secs.append(statistics.median(r["seconds"] for r in later))
             rates.append(statistics.median(r["samples_per_s"] for r in later))
             accs.append(recs[-1]["test_acc"])
-        steps = -(-int(size * 0.8) // B)
+        steps = -(-n_train // B)
         acc = statistics.mean(accs)
         points.append({"batch": B, "steps": steps, "seconds": statistics.median(secs),
                        "samples_per_s": statistics.median(rates), "acc": acc, "acc_min": min(accs), "acc_max": max(accs)})
@@ -88,9 +90,10 @@ def _conclude(study: Study, points: list[dict], epochs: int, lr: float) -> None:
     speed = first["seconds"] / last["seconds"]
     study.conclude(f"An epoch takes {fmt(first['seconds'])} s at batch {first['batch']} and {fmt(last['seconds'])} s "
                    f"at batch {last['batch']} ({speed:.1f}x {'faster' if speed >= 1 else 'slower'}); throughput goes "
-                   f"from {fmt(first['samples_per_s'])} to {fmt(last['samples_per_s'])} samples/s. A step has a fixed "
-                   f"cost (Python, the optimizer's pass over the parameters, many small matrix products) that an "
-                   f"epoch pays once per batch, and larger matrix products use the CPU better.")
+                   f"from {fmt(first['samples_per_s'])} to {fmt(last['samples_per_s'])} samples/s."
+                   + (" A step has a fixed cost (Python, the optimizer's pass over the parameters, many small matrix "
+                      "products) that an epoch pays once per batch, and larger matrix products use the CPU better."
+                      if speed > 1.1 else ""))
     best = max(points, key=lambda p: p["acc"])
     gain = [p for p in points if p["seconds"] <= 1.1 * last["seconds"]]
     study.conclude(f"After {epochs} epochs at lr {lr:g}, the best test accuracy is {pct(best['acc'])} at batch "
@@ -101,6 +104,10 @@ def _conclude(study: Study, points: list[dict], epochs: int, lr: float) -> None:
                    f"takes far fewer, not larger, steps (the large-batch study scales the learning rate to make up "
                    f"for it).")
     if len(gain) > 1:
-        study.conclude(f"The time per epoch stops falling near batch {gain[0]['batch']} (within 10% of the largest "
-                       f"batch's), so beyond it a larger batch buys little speed here and costs accuracy.")
+        knee = gain[0]
+        drop = knee["acc"] - last["acc"]
+        study.conclude(f"The time per epoch stops falling near batch {knee['batch']} (within 10% of the largest "
+                       f"batch's), so beyond it a larger batch buys little speed here"
+                       + (f" and costs accuracy ({pct(knee['acc'])} at batch {knee['batch']}, {pct(last['acc'])} at "
+                          f"{last['batch']})." if drop > 0.01 else "."))
     study.data["speedup_largest_over_smallest"] = speed

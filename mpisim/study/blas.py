@@ -357,7 +357,8 @@ def _conclude(study: Study, rows: list[dict], methods: list[str], ncores: int, p
                            f"{', '.join(map(str, wins))} ("
                            + ", ".join(f"{fmt(_get(rows, op, nb, n)['gflops'])} against "
                                        f"{fmt(_get(rows, op, np1, n)['gflops'])} GFLOP/s" for n in wins)
-                           + "): a matrix that small leaves the library little to gain over a plain compiled loop.")
+                           + ("): a matrix that small leaves the library little to gain over a plain compiled loop."
+                              if max(wins) <= 128 else ")."))
     ri = {m: _get(rows, "inverse", m, nmax)["gflops"] / _get(rows, "matmul", m, nmax)["gflops"] for m in (nb, np1)}
     study.conclude(f"At n = {nmax}, the inverse runs at {ri[np1]:.2f}x the product's GFLOP/s in NumPy (one thread) "
                    f"and {ri[nb]:.2f}x in Numba"

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import statistics
 
-from . import Study, pct, simulate
+from ..nn.schedule import scaled_lr
+from . import Study, pct, shape, simulate
 
 QUESTION = ("Why do large global batches lose accuracy after a fixed number of epochs, and how much of it do "
             "linear or square-root learning-rate scaling, with and without warmup, win back?")
@@ -17,17 +18,20 @@ def run(study: Study) -> None:
     quick = study.quick
     batches = [64, 8192] if quick else [64, 128, 256, 512, 1024, 2048, 4096, 8192]
     seeds = [0] if quick else [0, 1, 2]
-    ranks, epochs, warmup, size, lr, base = (2 if quick else 4), 10, 3, 40000, 0.02, 64
+    ranks, epochs, warmup, size, lr, base = (2 if quick else 4), 10, 5, 40000, 0.015, 64
     common = ["--sim", str(ranks), "--dataset", "synthetic", "--synthetic-size", str(size), "--hidden", "128,64",
               "--optimizer", "momentum", "--lr", str(lr), "--epochs", str(epochs)]
+    got = shape("allreduce", common)
+    n_train = got["num_train"]
     study.setting(f"`python -m mpisim.allreduce --sim {ranks}` (data-parallel SGD on {ranks} simulated ranks: the "
                   f"global batch split over them, one gradient allreduce per step) on the synthetic dataset of "
-                  f"{size:,} examples ({int(size * 0.8):,} for training, 64 features, 10 classes), MLP 64-128-64-10, "
+                  f"{size:,} examples ({n_train:,} for training, 64 features, 10 classes), MLP {got['sizes']}, "
                   f"SGD with momentum 0.9, {epochs} epochs, seed{'s' if len(seeds) > 1 else ''} "
                   f"{', '.join(map(str, seeds))}.")
     study.setting(f"The base learning rate {lr:g} suits the base batch {base}. `--lr-scaling linear --base-batch {base}` "
                   f"multiplies it by B/{base} (Goyal et al. 2017), `sqrt` by sqrt(B/{base}); `--warmup {warmup}` "
-                  f"ramps the rate linearly from a tenth of it over the first {warmup} epochs.")
+                  f"raises the rate linearly from the base rate {lr:g} to the scaled one over the first {warmup} "
+                  f"epochs (their gradual warmup).")
     study.setting("Accuracy is the test accuracy after the last epoch" +
                   (", the mean over the seeds." if len(seeds) > 1 else "."))
     todo = [(B, m, opts) for B in batches for m, opts in METHODS if B != base or m in ("base lr", "linear + warmup")]
@@ -50,18 +54,14 @@ def run(study: Study) -> None:
         acc[(base, m)] = acc[(base, "base lr")]
     mean = {key: statistics.mean(v) for key, v in acc.items()}
 
-    def rate(B: int, m: str) -> float:
-        if m == "base lr":
-            return lr
-        return lr * (B / base if m.startswith("linear") else (B / base) ** 0.5)
-
-    rows = [[B, B and -(-int(size * 0.8) // B) * epochs, *(pct(mean[(B, m)]) for m, _ in METHODS),
-             f"{rate(B, 'linear'):.3g} / {rate(B, 'sqrt'):.3g}"] for B in batches]
+    steps = {B: -(-n_train // B) * epochs for B in batches}
+    rows = [[B, steps[B], *(pct(mean[(B, m)]) for m, _ in METHODS),
+             f"{scaled_lr(lr, 'linear', B, base):.3g} / {scaled_lr(lr, 'sqrt', B, base):.3g}"] for B in batches]
     study.table(f"Test accuracy after {epochs} epochs", ["global batch", "steps", *(m for m, _ in METHODS),
                                                          "lr linear / sqrt"], rows)
     study.data["accuracy"] = {f"{B}:{m}": mean[(B, m)] for B in batches for m, _ in METHODS}
     _plot(study, batches, mean, curves, epochs, warmup)
-    _conclude(study, batches, mean, base, epochs)
+    _conclude(study, batches, mean, acc, base, epochs, steps)
 
 
 def _plot(study: Study, batches, mean, curves, epochs, warmup) -> None:
@@ -90,18 +90,19 @@ def _plot(study: Study, batches, mean, curves, epochs, warmup) -> None:
                                   "the largest batch epoch by epoch.")
 
 
-def _conclude(study: Study, batches, mean, base, epochs) -> None:
+def _conclude(study: Study, batches, mean, acc, base, epochs, steps) -> None:
     small, big = batches[0], batches[-1]
     ref = mean[(small, "base lr")]
     lost = ref - mean[(big, "base lr")]
     study.data["lost"] = lost
-    study.conclude(f"At the base learning rate, accuracy after {epochs} epochs goes from {pct(ref)} at batch {small} "
-                   f"to {pct(mean[(big, 'base lr')])} at batch {big}: {100 * lost:.1f} points lost. An epoch is "
-                   f"{big // small}x fewer steps at batch {big}, each taken with the same learning rate, so the model "
-                   f"travels much less far from its initialization.")
+    text = (f"At the base learning rate, accuracy after {epochs} epochs goes from {pct(ref)} at batch {small} to "
+            f"{pct(mean[(big, 'base lr')])} at batch {big}: {100 * lost:.1f} points {'lost' if lost > 0 else 'gained'}.")
     if lost <= 0:
-        study.conclude("Here the largest batch lost nothing, so there is nothing to recover.")
+        study.conclude(text + " Here the largest batch lost nothing, so there is nothing to recover.")
         return
+    study.conclude(text + f" The same {epochs} epochs are {steps[small]:,} steps at batch {small} but {steps[big]:,} at "
+                   f"batch {big}, each taken with the same learning rate, so the model travels much less far from its "
+                   f"initialization.")
     for m in ("linear", "sqrt", "linear + warmup"):
         rec = (mean[(big, m)] - mean[(big, "base lr")]) / lost
         study.data[f"recovered:{m}"] = rec
@@ -109,9 +110,16 @@ def _conclude(study: Study, batches, mean, base, epochs) -> None:
                    if rec > 0 else "none of it and ends below the base rate")
         study.conclude(f"{m.capitalize()} at batch {big} reaches {pct(mean[(big, m)])}: it recovers {verdict}.")
     lin, warm = mean[(big, "linear")], mean[(big, "linear + warmup")]
-    if warm > lin:
+    runs_lin, runs_warm = acc[(big, "linear")], acc[(big, "linear + warmup")]
+    seeds = f" (seeds: {', '.join(pct(v) for v in runs_lin)} without, {', '.join(pct(v) for v in runs_warm)} with)" \
+        if len(runs_lin) > 1 else ""
+    if warm - lin > 0.02:
         study.conclude(f"Warmup matters at the largest batch: linear scaling alone multiplies the rate by "
                        f"{big // base}x from the first step, while the model is still far from any minimum, and "
-                       f"reaches {pct(lin)}; ramping the rate up over the first epochs reaches {pct(warm)}.")
+                       f"reaches {pct(lin)}; raising the rate gradually over the first epochs reaches {pct(warm)}"
+                       f"{seeds}.")
+    elif lin - warm > 0.02:
+        study.conclude(f"Warmup cost accuracy at the largest batch here: {pct(warm)} with it, {pct(lin)} without{seeds}.")
     else:
-        study.conclude(f"Warmup did not help at the largest batch here ({pct(warm)} with it, {pct(lin)} without).")
+        study.conclude(f"Warmup made no difference of more than 2 points at the largest batch here ({pct(warm)} with "
+                       f"it, {pct(lin)} without{seeds}).")

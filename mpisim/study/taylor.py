@@ -487,9 +487,9 @@ def _conclude(study: Study, mpi, sim, best, errors, order, nets, main_net, c, nc
                 text += (f": with {ncores} cores, 4 ranks take turns on them, so the compute cannot run faster than "
                          f"on {ncores} ranks")
             elif four["ranks"] > ncores:
-                text += (f" although there are only {ncores} cores: the machine had other load (load average "
-                         f"{study.data['load_average']:.1f} at the start), and 4 processes get a larger share of the "
-                         f"cores against it than 2, so these timings measure the machine's load as much as the split")
+                text += (f" although there are only {ncores} cores; if the machine had other load (the load average "
+                         f"was {study.data['load_average']:.1f} at the start), 4 processes get a larger share of the "
+                         f"cores against it than 2, and these timings measure that load as much as the split")
         study.conclude(text + ".")
         pays = [r["terms"] for r in mpi if r["ranks"] == 2 and r["speedup"] > 1]
         smallest = min(r["terms"] for r in mpi)
@@ -516,7 +516,9 @@ def _conclude(study: Study, mpi, sim, best, errors, order, nets, main_net, c, nc
     study.conclude(f"At {nmax} simulated ranks the reduce is {steps} tree steps and takes {us(red)}, as long as "
                    f"{red / c:,.0f} terms; at T = {far['terms']:,} that is {pct(far['overhead'])} of the total and the "
                    f"speedup is {far['speedup']:.1f} of an ideal {nmax}. Each doubling of N halves the computation "
-                   f"but adds one step of alpha + 8 bytes: the best N grows with T.")
+                   f"but adds one step of alpha + 8 bytes"
+                   + (": the best N grows with T." if all(x["ranks"] <= y["ranks"] for x, y in zip(bm, bm[1:]))
+                      and bm[-1]["ranks"] > bm[0]["ranks"] else "."))
     for net in nets:
         rows = [b for b in best if b["network"] == net]
         loss = [b["terms"] for b in rows if b["ranks"] == 1]

@@ -53,8 +53,13 @@ def build_optimizer(args: TrainOptions, model: MLP | None, params: np.ndarray | 
 
 
 def build_schedule(args: TrainOptions) -> Callable[[float], float]:
+    """The run's learning rate by fractional epoch. The warmup starts from a tenth of the rate, or, when
+    --lr-scaling raised the rate, from the rate the command line gave (Goyal et al. 2017's gradual warmup)."""
+    start = 0.1
+    if args.lr_scaling != "none" and args.base_lr and args.lr > args.base_lr:
+        start = args.base_lr / args.lr
     return make_schedule(args.schedule, args.lr, epochs=args.epochs, step_size=args.step_size,
-                         gamma=args.gamma, warmup=args.warmup)
+                         gamma=args.gamma, warmup=args.warmup, warmup_start=start)
 
 
 @dataclass
@@ -98,7 +103,8 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
     arrays, meta = load_checkpoint(args.checkpoint)
     if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0 or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{where}: the metadata has no valid epoch and run options (a file from another tool?)")
-    saved = {"precision": "fp32", **meta["config"]}     # checkpoints from before --precision were fp32
+    # checkpoints from before --precision were fp32, and from before --lr-scaling unscaled
+    saved = {"precision": "fp32", "lr_scaling": "none", **meta["config"]}
     old_epochs = meta.get("epochs")
     if saved.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
         raise CheckpointError(f"{where} was a run of {old_epochs} epochs with the cosine learning-rate schedule, whose learning "
@@ -131,7 +137,8 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
 
 
 # what sets the run-defining values that are not options of their own
-_SET_BY = {"ranks": "the rank count (--sim N, or mpiexec -n N)", "data": "the data (--dataset and its options)"}
+_SET_BY = {"ranks": "the rank count (--sim N, or mpiexec -n N)", "data": "the data (--dataset and its options)",
+           "base_lr": "--lr (before --lr-scaling)", "batch_size": "the global batch (--batch-size or --per-rank-batch)"}
 
 
 def data_fingerprint(ds: Dataset) -> str:

@@ -43,6 +43,7 @@ from ..comm import allreduce, barrier, bcast, gather, reduce
 from ..comm.group import uncounted
 from ..comm.network import TICK
 from ..data import epoch_permutation
+from ..nn.model import EVAL_BATCH
 from ..trace import TOTAL_KEYS, Tracer, category, current, span
 from ..trace import finish as finish_trace
 from .checkpoint import CheckpointError
@@ -203,16 +204,21 @@ class Paradigm:
     def parse(self, argv=None) -> Config:
         """Parse and check a command line (usage errors exit 2)."""
         p = self.build_parser()
+        if self.workers:                       # to tell a --batch-size given (in any abbreviation) from the default
+            default_batch = p.get_default("batch_size")
+            p.set_defaults(batch_size=None)
         args = p.parse_args(None if argv is None else [str(a) for a in argv])
+        if self.workers:
+            if args.per_rank_batch is not None:
+                if args.per_rank_batch < 1:
+                    p.error(f"--per-rank-batch must be a positive integer, got {args.per_rank_batch}")
+                if args.batch_size is not None:
+                    p.error("--per-rank-batch sets the global batch (B times the workers): drop --batch-size")
+            if args.batch_size is None:
+                args.batch_size = default_batch
         check_training_args(p, args)
         if self.cluster:
             check_cluster_args(p, args)
-        if getattr(args, "per_rank_batch", None) is not None:
-            if args.per_rank_batch < 1:
-                p.error(f"--per-rank-batch must be a positive integer, got {args.per_rank_batch}")
-            given = [a for a in (sys.argv[1:] if argv is None else map(str, argv)) if a.startswith("--batch-size")]
-            if given:
-                p.error("--per-rank-batch sets the global batch (B times the workers): drop --batch-size")
         train, opts = options_from(TrainOptions, args), options_from(self.options, args)
         if train.batchnorm and self.no_batchnorm:
             p.error(f"--batchnorm is not supported by {self.name}: {self.no_batchnorm}")
@@ -242,6 +248,9 @@ class Paradigm:
         """Why these options cannot run on ``N`` ranks (the paradigm's ``check_world`` and the fault's rank)."""
         if train.inject_fault and train.inject_fault[0] >= N:
             return f"--inject-fault names rank {train.inject_fault[0]}, but the ranks are 0..{N - 1}"
+        if train.per_rank_batch and self.workers and train.batchnorm and train.per_rank_batch * self.workers(opts, N) < 2:
+            return (f"--batchnorm needs a global batch of at least 2, but --per-rank-batch {train.per_rank_batch} on "
+                    f"{self.workers(opts, N)} worker makes {train.per_rank_batch * self.workers(opts, N)}")
         return self.check_world(train, opts, N) if self.check_world else None
 
     def main(self, argv=None) -> int:
@@ -429,18 +438,25 @@ class Run:
                     rep.say(note)
 
     def score(self, role: Role) -> dict | None:
-        """``--eval distributed``: every rank scores its contiguous shard of the test (and validation) set with
-        rank 0's evaluation model (broadcast first unless every rank holds it already: ``Paradigm.replicas``;
-        BatchNorm's running statistics always, as each replica keeps its own) and one reduce sums the loss sums,
-        correct counts and sizes on rank 0 (control). Rank 0 returns the record's figures, the others None."""
+        """``--eval distributed``: every rank scores its share of the test (and validation) set with rank 0's
+        evaluation model and one reduce sums the loss sums, correct counts and sizes on rank 0 (control). The
+        other ranks evaluate a copy: rank 0's parameters are broadcast unless every rank holds them already
+        (``Paradigm.replicas``), its BatchNorm running statistics always (each replica keeps its own). A share
+        is a run of whole evaluation batches (``EVAL_BATCH`` rows), so every forward pass sees exactly the rows
+        it sees on rank 0 alone and the counts are the same, bit for bit. Rank 0 returns the record's figures,
+        the others None."""
         started = time.perf_counter()
-        t, model = self.t, role.eval_model() if self.rank == 0 or self.paradigm.replicas else None
+        t = self.t
+        if self.rank == 0:
+            model = role.eval_model()
+        else:
+            if self._eval_copy is None:
+                self._eval_copy = build_model(self.train, self.ds)
+            model = self._eval_copy
+            if self.paradigm.replicas:
+                np.copyto(model.params, role.eval_model().params)
         with self.meter.comm("control"):
             if not self.paradigm.replicas:
-                if model is None:
-                    if self._eval_copy is None:
-                        self._eval_copy = build_model(self.train, self.ds)
-                    model = self._eval_copy
                 got = bcast(t, model.params, root=0)
                 if self.rank:
                     model.params[...] = got
@@ -453,9 +469,11 @@ class Run:
             sets.append((self.ds.x_val, self.ds.y_val))
         sums = np.zeros(3 * len(sets), dtype=np.float64)
         for k, (x, y) in enumerate(sets):
-            lo, hi = (len(y) * self.rank) // self.size, (len(y) * (self.rank + 1)) // self.size
+            batches = -(-len(y) // EVAL_BATCH)
+            lo = EVAL_BATCH * ((batches * self.rank) // self.size)
+            hi = min(EVAL_BATCH * ((batches * (self.rank + 1)) // self.size), len(y))
             if hi > lo:
-                loss, acc = model.evaluate(x[lo:hi], y[lo:hi])
+                loss, acc = model.evaluate(x[lo:hi], y[lo:hi], batch_size=EVAL_BATCH)
                 sums[3 * k:3 * k + 3] = (loss * (hi - lo), round(acc * (hi - lo)), hi - lo)
         with self.meter.comm("control"):
             tot = reduce(t, sums, op="sum", root=0)

@@ -2,6 +2,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from mpisim.study import STUDIES, load_study
 from mpisim.study.__main__ import main
 
@@ -9,6 +11,7 @@ from mpisim.study.__main__ import main
 def run_quick(name: str, out: Path) -> tuple[str, dict]:
     """Run ``python -m mpisim.study NAME --quick --out OUT --quiet``; check the files every study writes;
     return the report's Markdown and its JSON."""
+    pytest.importorskip("matplotlib", reason="the studies draw their plots with matplotlib")
     assert main([name, "--quick", "--out", str(out), "--quiet"]) == 0
     md = (out / f"{name}.md").read_text()
     doc = json.loads((out / f"{name}.json").read_text())

@@ -40,6 +40,9 @@ def test_per_rank_batch_resolves_at_run_time_for_the_world_size():
 @pytest.mark.parametrize("argv, why", [
     (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "8", "--batch-size", "16"], "drop --batch-size"),
     (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "0"], "positive integer"),
+    (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "8", "--batch-si", "16"], "drop --batch-size"),
+    (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "8", "--batch-s=16"], "drop --batch-size"),
+    (["mpisim.allreduce", "--sim", "1", "--per-rank-batch", "1", "--batchnorm"], "global batch of at least 2"),
     (["mpisim.centralized", "--per-rank-batch", "8"], "unrecognized arguments"),
     (["mpisim.fedavg", "--sim", "3", "--per-rank-batch", "8"], "unrecognized arguments"),
     (["mpisim.allreduce", "--sim", "2", "--base-batch", "32"], "needs --lr-scaling"),
@@ -49,6 +52,20 @@ def test_per_rank_batch_resolves_at_run_time_for_the_world_size():
 def test_bad_batch_options_are_usage_errors(argv, why):
     code, err = _exit(*argv)
     assert code == 2 and why in err and "Traceback" not in err
+
+
+def test_a_checkpoint_from_before_lr_scaling_resumes(tmp_path):
+    """Checkpoints written before --lr-scaling existed have no lr_scaling in their run options: unscaled."""
+    import json as js
+    from mpisim.train.checkpoint import load_checkpoint, save_checkpoint
+    ck = tmp_path / "ck"
+    centralized.train_centralized([*SMALL, "--epochs", "1", "--checkpoint", str(ck)])
+    arrays, meta = load_checkpoint(str(ck))
+    for k in ("lr_scaling", "base_batch", "base_lr", "per_rank_batch"):
+        meta["config"].pop(k)
+    save_checkpoint(str(ck), arrays, meta)
+    out = centralized.train_centralized([*SMALL, "--epochs", "2", "--checkpoint", str(ck), "--resume"])
+    assert out["epoch"] == 2 and js.dumps(out["test_acc"])
 
 
 def test_lr_scaling():
@@ -110,3 +127,14 @@ def test_distributed_evaluation_adds_control_bytes_only(tmp_path):
     b = run_sim(allreduce, 3, [*DIGITS, "--eval", "distributed"])
     assert a["payload_bytes"] == b["payload_bytes"] and b["comm_agrees"]
     assert np.array_equal(a["model"].params, b["model"].params)
+
+
+def test_warmup_under_lr_scaling_starts_from_the_unscaled_rate():
+    from mpisim.train.loop import build_schedule
+    cfg = parse(allreduce, ["--sim", "4", "--batch-size", "1024", "--lr", "0.01", "--lr-scaling", "linear",
+                            "--base-batch", "64", "--warmup", "2", "--epochs", "4"])
+    lr_at = build_schedule(cfg.train)
+    assert lr_at(0) == pytest.approx(0.01) and lr_at(1) == pytest.approx(0.01 + (0.16 - 0.01) / 2)
+    assert lr_at(2) == pytest.approx(0.16) and lr_at(3.5) == pytest.approx(0.16)
+    plain = build_schedule(parse(allreduce, ["--sim", "4", "--lr", "0.01", "--warmup", "2"]).train)
+    assert plain(0) == pytest.approx(0.001)                 # without scaling: from a tenth, as before
