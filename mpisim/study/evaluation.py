@@ -6,6 +6,7 @@ import statistics
 
 from . import Study, StudyError, cores, fmt, mpi_job, pct, simulate
 
+TITLE = "Distributed evaluation"
 QUESTION = ("Does scoring the test set on every rank (each its shard, the counts summed by a reduce) give the same "
             "accuracy as rank 0 alone, and how much time does it save?")
 

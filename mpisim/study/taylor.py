@@ -31,6 +31,7 @@ from . import Study, StudyError, cores, fmt, mpi_job, pct
 __all__ = ["QUESTION", "run", "split_terms", "term", "partial_sum", "serial_sum", "model_seconds", "simulate_sum",
            "ulps", "per_term_seconds", "first_zero_term", "half_costs"]
 
+TITLE = "A Taylor series summed over ranks"
 QUESTION = ("How much faster is a Taylor series when its terms are split over N ranks and combined with a "
             "reduce, below how many terms does the reduce's latency eat the gain, and how accurate is the sum?")
 
