@@ -207,8 +207,8 @@ def simulate(study: Study, paradigm: str, args: list[str], *, tag: str, trace: b
     """Run ``python -m mpisim.<paradigm> ARGS`` in this process (``--sim N`` or a one-process trainer), quietly;
     returns {"records": per-epoch records, "result": rank 0's result (the model, the closing table...),
     "trace": per-rank totals from the trace when ``trace``}. A failure is a :class:`StudyError`."""
-    from ..comm import SimCluster
-    from ..train.distributed import rank_bytes
+    from ..comm import RankError
+    from ..train.distributed import run_in_process
     mod = importlib.import_module(f"mpisim.{paradigm}")
     metrics = study.path(f"{tag}.jsonl")
     extra = ["--metrics", metrics, "--quiet"] + (["--trace", study.path(f"{tag}.json")] if trace else [])
@@ -219,13 +219,9 @@ def simulate(study: Study, paradigm: str, args: list[str], *, tag: str, trace: b
             cfg = mod.PARADIGM.parse(argv)
     except SystemExit:
         raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)}: {err.getvalue().strip()}") from None
-    tr = cfg.train
-    from ..comm import RankError
-    from ..train.distributed import _with_ftz
     try:
-        cluster = SimCluster(tr.sim or 1, timeout=tr.sim_timeout, network=tr.network, rank_bytes=rank_bytes(tr))
         with threadpool_limits(limits=1):      # one BLAS thread, as each MPI rank of the studies has
-            result = cluster.run(_with_ftz, mod.PARADIGM.run_rank, cfg)[0]
+            result = run_in_process(cfg.train, mod.PARADIGM.run_rank, cfg, local=not cfg.train.sim)[0]
     except Exception as e:
         cause = e.exc if isinstance(e, RankError) else e
         if isinstance(cause, KeyboardInterrupt):

@@ -204,14 +204,27 @@ def rank_bytes(train: TrainOptions) -> int:
     return item * (samples * features + 6 * params + 4 * (train.batch_size or 64) * sum(sizes)) + 8 * samples
 
 
+def sim_cluster(train: TrainOptions, local: bool = False) -> SimCluster:
+    """The simulated cluster a run's options ask for (``--sim N``, its timeout and network, the memory guard);
+    ``local``: the one rank of a trainer without a cluster. MemoryError or ValueError when it cannot be made."""
+    return SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network,
+                      rank_bytes=rank_bytes(train))
+
+
+def run_in_process(train: TrainOptions, body, *args, local: bool = False) -> list:
+    """``body(t, *args)`` on the simulated ranks of :func:`sim_cluster`, each with subnormals flushed as a
+    launched run has them; every rank's return value. Failures are raised (RankError, CommTimeout, ...), not
+    printed: for callers that run paradigms from Python (the studies)."""
+    return sim_cluster(train, local).run(_with_ftz, body, *args)
+
+
 def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) -> int:
     if not 0 < train.sim_timeout < 1e9:
         print(f"{prog}: error: --sim-timeout must be a number of seconds > 0 and below 1e9, got {train.sim_timeout:g}",
               file=sys.stderr, flush=True)
         return 2
     try:
-        cluster = SimCluster(1 if local else train.sim, timeout=train.sim_timeout, network=train.network,
-                             rank_bytes=rank_bytes(train))
+        cluster = sim_cluster(train, local)
     except (MemoryError, ValueError) as e:   # too many ranks for this machine; a topology of another size
         print(f"{prog}: error: --sim {train.sim}: {e}", file=sys.stderr, flush=True)
         return 2
