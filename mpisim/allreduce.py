@@ -70,6 +70,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     add_compress_args(g, "the gradient")
 
 
+def check_world(train, o: Options, N: int) -> str | None:
+    """BatchNorm without --sync-bn normalizes each rank's share by its own statistics: a share needs 2 rows."""
+    if train.batchnorm and not o.sync_bn and train.batch_size // N < 2:
+        return (f"--batchnorm without --sync-bn normalizes each rank's share of the batch on its own, and a global "
+                f"batch of {train.batch_size} on {N} ranks leaves fewer than 2 rows per rank (every step would be "
+                f"skipped): use a global batch of at least {2 * N}, or --sync-bn")
+    return None
+
+
 def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     check_compress_args(p, train, o)
     scheme = o.compress.split(":")[0]
@@ -360,7 +369,7 @@ class DataParallel(Role):
 
 
 PARADIGM = Paradigm(name="allreduce", doc=__doc__, setup=DataParallel, options=Options, add_args=add_args,
-                    check=check, mixed_precision=True, workers=lambda o, N: N, replicas=True,
+                    check=check, check_world=check_world, mixed_precision=True, workers=lambda o, N: N, replicas=True,
                     description="Data-parallel SGD: the gradient summed by an allreduce (ring, tree, ..., or MPI's own).")
 build_parser, main = PARADIGM.build_parser, PARADIGM.main
 

@@ -31,10 +31,11 @@ def run(study: Study) -> None:
     study.setting(f"The base learning rate {lr:g} suits the base batch {base}. `--lr-scaling linear --base-batch {base}` "
                   f"multiplies it by B/{base} (Goyal et al. 2017), `sqrt` by sqrt(B/{base}); `--warmup {warmup}` "
                   f"raises the rate linearly from the base rate {lr:g} to the scaled one over the first {warmup} "
-                  f"epochs (their gradual warmup).")
+                  f"epochs (their gradual warmup). At the base batch every rule is the base run itself.")
     study.setting("Accuracy is the test accuracy after the last epoch" +
                   (", the mean over the seeds." if len(seeds) > 1 else "."))
-    todo = [(B, m, opts) for B in batches for m, opts in METHODS if B != base or m in ("base lr", "linear + warmup")]
+    # at the base batch every rule is the base run: the rate is not scaled, and warmup starts from it
+    todo = [(B, m, opts) for B in batches for m, opts in METHODS if B != base or m == "base lr"]
     acc: dict[tuple[int, str], list[float]] = {}
     curves: dict[str, list[float]] = {}
     k = 0
@@ -50,7 +51,7 @@ def run(study: Study) -> None:
             acc.setdefault((B, m), []).append(recs[-1]["test_acc"])
             if B == batches[-1] and seed == seeds[0]:
                 curves[m] = [r["test_acc"] for r in recs]
-    for m in ("linear", "sqrt"):                       # at the base batch these are the base run itself
+    for m, _ in METHODS[1:]:                           # at the base batch these are the base run itself
         acc[(base, m)] = acc[(base, "base lr")]
     mean = {key: statistics.mean(v) for key, v in acc.items()}
 

@@ -198,8 +198,9 @@ def _conclude(study: Study, results: dict[str, list[dict]], have: int) -> None:
     ss, sw = results["sim-strong"], results["sim-weak"]
     peak = max(ss, key=lambda r: r["speedup"])
     last = ss[-1]
-    study.conclude(f"Simulated, strong scaling peaks at {peak['speedup']:.1f}x on {peak['ranks']} ranks; at "
-                   f"{last['ranks']} ranks it is {last['speedup']:.1f}x with communication "
+    study.conclude((f"Simulated, strong scaling peaks at {peak['speedup']:.1f}x on {peak['ranks']} ranks; at "
+                    f"{last['ranks']} ranks it is {last['speedup']:.1f}x" if peak is not last else
+                    f"Simulated, strong scaling reaches {last['speedup']:.1f}x on {last['ranks']} ranks") + f", with communication "
                    f"{pct(last['comm_share'], 0)} of the time: each rank's share of the fixed batch shrinks "
                    f"({fmt(last['per_rank_batch'])} examples), but every step still allreduces the whole gradient.")
     wl, w2 = sw[-1], sw[1] if len(sw) > 1 else sw[-1]

@@ -66,9 +66,10 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                         "incoming link and per node uplink and downlink) and ,compute=wall or ,compute=10GFLOP/s "
                         "(what local computation costs; default: nothing)")
     g.add_argument("--eval", choices=("rank0", "distributed"), default="rank0",
-                   help="who scores the test set after each epoch: rank0 alone (default), or distributed: every rank "
-                        "scores its contiguous shard of it with rank 0's model and a reduce sums the counts (the same "
-                        "accuracy; each record's eval_s says how long it took)")
+                   help="who scores the test set after each epoch or round: rank0 alone (default), or distributed: "
+                        "every rank scores its share of it with rank 0's model, in whole 1,024-row evaluation batches "
+                        "(a smaller test set is rank 0's alone), and a reduce sums the counts: the same accuracy; each "
+                        "record's eval_s says how long it took")
     g.add_argument("--inject-fault", type=_fault, default=None, metavar="RANK:STEP:KIND",
                    help="make RANK fail at its STEP-th training step (counted from 1 over the run), to see what "
                         "a failure does: KIND raise (an exception), nan (a NaN in its input, so a NaN loss), "
@@ -201,7 +202,8 @@ def rank_bytes(train: TrainOptions) -> int:
     item = np.dtype(train.dtype).itemsize
     sizes = [features, *train.hidden, classes]
     params = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
-    return item * (samples * features + 6 * params + 4 * (train.batch_size or 64) * sum(sizes)) + 8 * samples
+    batch = min(train.batch_size or 64, samples)        # a batch never holds more than the data
+    return item * (samples * features + 6 * params + 4 * batch * sum(sizes)) + 8 * samples
 
 
 def sim_cluster(train: TrainOptions, local: bool = False) -> SimCluster:

@@ -53,11 +53,12 @@ def build_optimizer(args: TrainOptions, model: MLP | None, params: np.ndarray | 
 
 
 def build_schedule(args: TrainOptions) -> Callable[[float], float]:
-    """The run's learning rate by fractional epoch. The warmup starts from a tenth of the rate, or, when
-    --lr-scaling raised the rate, from the rate the command line gave (Goyal et al. 2017's gradual warmup)."""
+    """The run's learning rate by fractional epoch. The warmup starts from a tenth of the rate; under
+    --lr-scaling from the rate the command line gave, the unscaled one (Goyal et al. 2017's gradual warmup),
+    so at or below --base-batch there is nothing to warm."""
     start = 0.1
-    if args.lr_scaling != "none" and args.base_lr and args.lr > args.base_lr:
-        start = args.base_lr / args.lr
+    if args.lr_scaling != "none" and args.base_lr is not None and args.lr > 0:
+        start = min(1.0, args.base_lr / args.lr)
     return make_schedule(args.schedule, args.lr, epochs=args.epochs, step_size=args.step_size,
                          gamma=args.gamma, warmup=args.warmup, warmup_start=start)
 

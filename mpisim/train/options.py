@@ -169,8 +169,9 @@ def add_training_args(p: argparse.ArgumentParser, *, epochs: int = 10, batch_siz
                    help=f"step schedule: decay every this many {unit}s (default 3)")
     g.add_argument("--gamma", type=_nonneg_float, default=0.5, help="step schedule: decay factor in (0, 1] (default 0.5)")
     g.add_argument("--warmup", type=_nonneg_float, default=0.0, metavar=units,
-                   help=f"linear warmup from lr/10 (under --lr-scaling: from the unscaled --lr, Goyal et al.'s "
-                        f"gradual warmup) over this many {unit}s (default 0)")
+                   help=f"linear warmup from lr/10 over this many {unit}s (default 0)"
+                        + ("; under --lr-scaling from the unscaled --lr to the scaled one (Goyal et al.'s gradual "
+                           "warmup)" if unit != "round" else ""))
     if unit == "round":          # federated: rounds of local training; the batch is the clients' own
         g.add_argument("--rounds", dest="epochs", type=_positive_int, default=epochs, metavar="R",
                        help=f"communication rounds (default {epochs})")

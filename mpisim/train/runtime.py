@@ -251,7 +251,7 @@ class Paradigm:
         if train.per_rank_batch and self.workers and train.batchnorm and train.per_rank_batch * self.workers(opts, N) < 2:
             return (f"--batchnorm needs a global batch of at least 2, but --per-rank-batch {train.per_rank_batch} on "
                     f"{self.workers(opts, N)} worker makes {train.per_rank_batch * self.workers(opts, N)}")
-        return self.check_world(train, opts, N) if self.check_world else None
+        return self.check_world(self.resolve(train, opts, N), opts, N) if self.check_world else None
 
     def main(self, argv=None) -> int:
         cfg = self.parse(argv)
@@ -333,6 +333,9 @@ class Run:
             W = paradigm.workers(self.opts, t.size)
             self.say(f"global batch {tr.batch_size} = {tr.per_rank_batch} per worker x {W} worker{'s' if W != 1 else ''} "
                      "(--per-rank-batch)")
+        if tr.batch_size and tr.batch_size > self.ds.num_train:
+            self.say(f"note: the global batch {tr.batch_size} is larger than the training set ({self.ds.num_train:,} "
+                     f"examples): an epoch is one step on all of it")
         if tr.lr_scaling != "none":
             ratio = f"{tr.batch_size}/{tr.base_batch}"
             self.say(f"learning rate {tr.lr:g} = {tr.base_lr:g} x {ratio if tr.lr_scaling == 'linear' else f'sqrt({ratio})'} "
@@ -469,9 +472,9 @@ class Run:
             sets.append((self.ds.x_val, self.ds.y_val))
         sums = np.zeros(3 * len(sets), dtype=np.float64)
         for k, (x, y) in enumerate(sets):
-            batches = -(-len(y) // EVAL_BATCH)
-            lo = EVAL_BATCH * ((batches * self.rank) // self.size)
-            hi = min(EVAL_BATCH * ((batches * (self.rank + 1)) // self.size), len(y))
+            q, extra = divmod(-(-len(y) // EVAL_BATCH), self.size)     # whole batches; the first ranks take one more
+            first = self.rank * q + min(self.rank, extra)
+            lo, hi = EVAL_BATCH * first, min(EVAL_BATCH * (first + q + (self.rank < extra)), len(y))
             if hi > lo:
                 loss, acc = model.evaluate(x[lo:hi], y[lo:hi], batch_size=EVAL_BATCH)
                 sums[3 * k:3 * k + 3] = (loss * (hi - lo), round(acc * (hi - lo)), hi - lo)

@@ -10,5 +10,5 @@ def test_large_batch_quick_shows_the_loss_and_the_recovery(tmp_path):
     assert data["lost"] > 0.05
     assert data["recovered:linear + warmup"] >= 0.5
     # at the base batch linear and sqrt scaling do not change the rate: the same run
-    assert acc["64:linear"] == acc["64:sqrt"] == acc["64:base lr"]
+    assert acc["64:linear"] == acc["64:sqrt"] == acc["64:linear + warmup"] == acc["64:base lr"]
     assert "recovers" in md

@@ -43,6 +43,8 @@ def test_per_rank_batch_resolves_at_run_time_for_the_world_size():
     (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "8", "--batch-si", "16"], "drop --batch-size"),
     (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "8", "--batch-s=16"], "drop --batch-size"),
     (["mpisim.allreduce", "--sim", "1", "--per-rank-batch", "1", "--batchnorm"], "global batch of at least 2"),
+    (["mpisim.allreduce", "--sim", "2", "--per-rank-batch", "1", "--batchnorm"], "fewer than 2 rows per rank"),
+    (["mpisim.allreduce", "--sim", "2", "--batch-size", "3", "--batchnorm"], "or --sync-bn"),
     (["mpisim.centralized", "--per-rank-batch", "8"], "unrecognized arguments"),
     (["mpisim.fedavg", "--sim", "3", "--per-rank-batch", "8"], "unrecognized arguments"),
     (["mpisim.allreduce", "--sim", "2", "--base-batch", "32"], "needs --lr-scaling"),
@@ -138,3 +140,20 @@ def test_warmup_under_lr_scaling_starts_from_the_unscaled_rate():
     assert lr_at(2) == pytest.approx(0.16) and lr_at(3.5) == pytest.approx(0.16)
     plain = build_schedule(parse(allreduce, ["--sim", "4", "--lr", "0.01", "--warmup", "2"]).train)
     assert plain(0) == pytest.approx(0.001)                 # without scaling: from a tenth, as before
+    for batch in ("64", "32"):                              # at or below the base batch there is nothing to warm
+        flat = build_schedule(parse(allreduce, ["--sim", "4", "--batch-size", batch, "--lr", "0.01", "--lr-scaling",
+                                                "linear", "--base-batch", "64", "--warmup", "2"]).train)
+        assert flat(0) == flat(1) == flat(3)
+
+
+@pytest.mark.parametrize("data, scoring", [
+    (["--dataset", "digits"], [True, False, False]),                      # 360 test rows: one batch, rank 0's
+    (["--dataset", "synthetic", "--synthetic-size", "10000"], [True, True, False]),   # 2,000 rows: 2 batches
+])
+def test_distributed_shares_are_whole_evaluation_batches(data, scoring, tmp_path):
+    """Which ranks score: those with a whole 1,024-row batch of the test set (the first ranks take the extra)."""
+    from mpisim.trace import events_of
+    path = tmp_path / "t.json"
+    run_sim(allreduce, 3, [*data, "--epochs", "1", "--quiet", "--eval", "distributed", "--trace", str(path)])
+    ranks = events_of(json.loads(path.read_text()))
+    assert [any(name == "evaluate" for _, name, *_ in spans) for spans in ranks] == scoring
