@@ -329,17 +329,6 @@ class Run:
         if paradigm.per_rank_state and tr.resume:
             self.scatter_own()
         self.rep = Reporter(tr, self.model, self.state, unit=self.unit) if t.rank == 0 else None
-        if tr.per_rank_batch and paradigm.workers:
-            W = paradigm.workers(self.opts, t.size)
-            self.say(f"global batch {tr.batch_size} = {tr.per_rank_batch} per worker x {W} worker{'s' if W != 1 else ''} "
-                     "(--per-rank-batch)")
-        if tr.batch_size and tr.batch_size > self.ds.num_train:
-            self.say(f"note: the global batch {tr.batch_size} is larger than the training set ({self.ds.num_train:,} "
-                     f"examples): an epoch is one step on all of it")
-        if tr.lr_scaling != "none":
-            ratio = f"{tr.batch_size}/{tr.base_batch}"
-            self.say(f"learning rate {tr.lr:g} = {tr.base_lr:g} x {ratio if tr.lr_scaling == 'linear' else f'sqrt({ratio})'} "
-                     f"(--lr-scaling {tr.lr_scaling} from --base-batch {tr.base_batch})")
         self.x_train = self.ds.x_train.astype(self.model.dtype, copy=False)
         self.steps = -(-self.ds.num_train // tr.batch_size) if tr.batch_size else 0   # global batches per epoch
         self._eval_copy = None              # --eval distributed: rank 0's model, on the ranks that need a copy
@@ -409,9 +398,26 @@ class Run:
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} {where}: lower --lr")
 
+    def say_batch(self) -> None:
+        """After the paradigm's own header: how --per-rank-batch and --lr-scaling set the batch and the rate,
+        and a global batch larger than the training set."""
+        tr = self.train
+        if tr.per_rank_batch and self.paradigm.workers:
+            W = self.paradigm.workers(self.opts, self.size)
+            self.say(f"global batch {tr.batch_size} = {tr.per_rank_batch} per worker x {W} worker{'s' if W != 1 else ''} "
+                     "(--per-rank-batch)")
+        if tr.batch_size and tr.batch_size > self.ds.num_train:
+            self.say(f"note: the global batch {tr.batch_size} is larger than the training set ({self.ds.num_train:,} "
+                     f"examples): an epoch is one step on all of it")
+        if tr.lr_scaling != "none":
+            ratio = f"{tr.batch_size}/{tr.base_batch}"
+            self.say(f"learning rate {tr.lr:g} = {tr.base_lr:g} x {ratio if tr.lr_scaling == 'linear' else f'sqrt({ratio})'} "
+                     f"(--lr-scaling {tr.lr_scaling} from --base-batch {tr.base_batch})")
+
     # -- the loop -------------------------------------------------------------------------------------
     def loop(self, role: Role) -> None:
         tr, rep, unit = self.train, self.rep, self.unit
+        self.say_batch()
         if self.tracer:
             with uncounted(self.tracer.t):     # every rank starts its record together (under mpiexec the
                 barrier(self.tracer.t)         # ranks start at different times); the barrier is set-up, uncounted
