@@ -14,6 +14,8 @@ TOOLS = [
      "python -m mpisim.analysis --quick   (docs/complexity.md: see its first line)"),
     ("mpisim.calibrate", "measure this machine's alpha, beta, gamma and print them as a --network spec",
      "mpiexec -n 2 python -m mpisim.calibrate --validate"),
+    ("mpisim.elastic", "run a training job again from its last checkpoint when it fails (up to --max-restarts)",
+     "python -m mpisim.elastic --max-restarts 2 -- mpiexec -n 2 python -m mpisim.allreduce --checkpoint ck"),
     ("mpisim.study", "the course experiments, one command each: tables, plots and conclusions in NAME.md",
      "python -m mpisim.study --list   (docs/studies: the full runs)"),
     ("kernels", "grayscale and matmul backends (numpy, numba, numba_cuda, cupy): which run here",
