@@ -10,18 +10,31 @@
 
 Strategies (Flower's split of configure and aggregate from the runtime that moves the bytes) are
 objects composed once at start-up by :func:`make_strategy`: a :class:`ClientSampler` picks each round's
-clients, an aggregation rule (:class:`WeightedAverage` or :class:`SecureAggregation`) says how a client
-encodes its update and how the server combines them, and :class:`DifferentialPrivacy` clips updates and
-noises the average. A paradigm (``mpisim/fedavg.py``) moves the bytes; everything here is tested on its own.
+clients, an aggregation rule (:class:`WeightedAverage`, a robust one, or :class:`SecureAggregation`) says
+how a client encodes its update and how the server combines them, :class:`DifferentialPrivacy` clips
+updates and noises the average, and a :class:`NormBound` is the server's own clipping. A paradigm
+(``mpisim/fedavg.py``) moves the bytes; everything here is tested on its own.
 
 * Client drift (:func:`client_drift`; the name is from Karimireddy et al. 2020, "SCAFFOLD"): how far the
   round's clients end from their average after local training, measured by the server from the updates it
   receives; it grows as the clients' data get less IID. Secure aggregation hides the individual updates, so
   there it is not measured.
+* Server-side defences against Byzantine clients: each header is checked against what the server knows
+  (:func:`check_header`: the example count comes from the partition, not from the client), each update's
+  L2 norm is bounded by the server (:class:`NormBound`), and robust rules replace the average:
+  coordinate-wise median and trimmed mean (Yin et al. 2018, "Byzantine-Robust Distributed Learning:
+  Towards Optimal Statistical Rates"), Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning
+  with Adversaries: Byzantine Tolerant Gradient Descent"), chosen by :func:`parse_aggregate`.
+  :class:`Attack` is what a misbehaving client does, so that each defence can be watched at work.
+* Privacy accounting (:func:`dp_epsilon`): the epsilon of DP-FedAvg's rounds, each a Poisson-sampled
+  Gaussian mechanism, from Google's ``dp-accounting`` library (its RDP accountant; Mironov 2017,
+  "Renyi Differential Privacy"), imported only when it is needed.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
 import numbers
 import os
@@ -34,10 +47,13 @@ import numpy as np
 from ..data.partition import data_rng
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["FIXED_POINT_BITS", "ClientSampler", "DifferentialPrivacy", "SecureAggregation", "Strategy",
-           "WeightedAverage", "check_update", "client_drift", "clip_update", "dequantize", "draw_partition",
-           "gaussian_noise", "make_strategy", "mask", "num_clients_per_round", "pair_seed", "plot_partition",
-           "quantize", "sample_clients", "secure_sum", "weighted_average"]
+__all__ = ["AGGREGATES", "ATTACKS", "FIXED_POINT_BITS", "Attack", "ClientSampler", "CoordinateMedian",
+           "DifferentialPrivacy", "Krum", "NormBound", "SecureAggregation", "Strategy", "TrimmedMean",
+           "WeightedAverage", "aggregate_problem", "check_claim", "check_header", "check_report", "check_update",
+           "choose_attackers", "client_drift", "clip_update", "coordinate_median", "dequantize", "dp_epsilon",
+           "draw_partition", "gaussian_noise", "krum_scores", "krum_select", "make_strategy", "mask",
+           "num_clients_per_round", "pair_seed", "parse_aggregate", "parse_attack", "plot_partition", "quantize",
+           "sample_clients", "secure_sum", "trimmed_mean", "update_norm", "weighted_average"]
 
 FIXED_POINT_BITS = 32                     # quantize: x -> round(x * 2**32)
 _SCALE = float(2 ** FIXED_POINT_BITS)
@@ -187,6 +203,280 @@ def gaussian_noise(size: int, std: float, rng: np.random.Generator,
     return z
 
 
+# ---- the server's defences: claims, norms, robust aggregation ---------------------------------
+
+def check_claim(examples: float, *, expected_examples: int) -> str | None:
+    """None when a client's claimed example count is the one the server knows, else why not.
+
+    The server computes the partition from the seed as every rank does, so a client's example count is
+    known, not taken on trust: a claim that differs (NaN and Inf included) is refused."""
+    expected_examples = _check_int(expected_examples, "expected_examples", 0)
+    if not examples == expected_examples:                # NaN compares unequal
+        return f"claims {float(examples):g} examples, its partition holds {expected_examples}"
+    return None
+
+
+def check_report(loss_sum: float, correct: float, *, examples: int, local_epochs: int) -> str | None:
+    """None when a client's training report is possible, else why not: the loss sum must be finite and
+    >= 0, the correct count an integer in [0, examples * local_epochs] (each example is seen once per
+    local epoch)."""
+    examples = _check_int(examples, "examples", 0)
+    local_epochs = _check_int(local_epochs, "local_epochs", 1)
+    if not (math.isfinite(loss_sum) and loss_sum >= 0):
+        return f"reports a loss sum of {float(loss_sum):g}"
+    seen = examples * local_epochs
+    if not (math.isfinite(correct) and 0 <= correct <= seen and correct == int(correct)):
+        return f"reports {float(correct):g} correct predictions of {seen}"
+    return None
+
+
+def check_header(examples: float, loss_sum: float, correct: float, *, expected_examples: int,
+                 local_epochs: int) -> str | None:
+    """None when a client's header agrees with what the server knows (:func:`check_claim`) and reports a
+    possible training (:func:`check_report`), else why not (for a log line)."""
+    return (check_claim(examples, expected_examples=expected_examples)
+            or check_report(loss_sum, correct, examples=expected_examples, local_epochs=local_epochs))
+
+
+def update_norm(update: np.ndarray) -> float:
+    """The L2 norm of ``update``, summed in float64."""
+    return math.sqrt(float(np.square(update, dtype=np.float64).sum()))
+
+
+@dataclass(frozen=True)
+class NormBound:
+    """The server's bound on each received update: one above ``max_norm`` (L2) is scaled down to it in place.
+
+    Server-side clipping: under ``--dp-clip S`` the clients clip to S already, and the server clips again,
+    so a client that skips its own clipping gains nothing. An update a client clipped itself can come out
+    a rounding above S (float32: a relative 2**-23 at most); the server leaves anything within 4 machine
+    epsilons of the bound alone, so an honest run is unchanged bit for bit."""
+    max_norm: float
+    option: str = "--max-update-norm"           # what set the bound (for messages)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.max_norm, numbers.Real) and 0 < self.max_norm < math.inf):
+            raise ValueError(f"max_norm must be finite and > 0, got {self.max_norm!r}")
+
+    def apply(self, update: np.ndarray) -> float | None:
+        """Clip a finite floating-point ``update`` in place; its norm before if it was clipped, else None."""
+        norm = update_norm(update)
+        if norm <= self.max_norm * (1 + 4 * float(np.finfo(update.dtype).eps)):
+            return None
+        update *= update.dtype.type(self.max_norm / norm)          # keep the dtype (NumPy 2 promotion)
+        return norm
+
+
+def _stacked(updates: Sequence[np.ndarray]) -> np.ndarray:
+    """The updates as rows of one (k, P) float64 array, after checking they are alike."""
+    if len(updates) == 0:
+        raise ValueError("updates must not be empty")
+    first = updates[0]
+    if not isinstance(first, np.ndarray) or first.ndim != 1 or not np.issubdtype(first.dtype, np.floating):
+        raise ValueError(f"updates must be 1-D floating-point numpy arrays, got {first!r:.60}")
+    for k, u in enumerate(updates):
+        if not isinstance(u, np.ndarray) or u.shape != first.shape or u.dtype != first.dtype:
+            what = f"{u.shape} {u.dtype}" if isinstance(u, np.ndarray) else type(u).__name__
+            raise ValueError(f"updates[{k}] is {what}, updates[0] is {first.shape} {first.dtype}")
+    return np.stack([u.astype(np.float64) for u in updates])          # (k, P)
+
+
+def coordinate_median(updates: Sequence[np.ndarray]) -> np.ndarray:
+    """The coordinate-wise median of the updates, in float64 (Yin et al. 2018): each coordinate is the
+    median of the k clients' values (the mean of the middle two for even k), so fewer than half of the
+    clients cannot move it outside the range of the honest values."""
+    return np.median(_stacked(updates), axis=0)
+
+
+def _trimmed(beta: float, k: int) -> int:
+    """floor(beta k), with beta as written (0.29 x 100 is 29, though the double 0.29 is a hair below)."""
+    return math.floor(round(beta * k, 9))
+
+
+def trimmed_mean(updates: Sequence[np.ndarray], beta: float) -> np.ndarray:
+    """The coordinate-wise beta-trimmed mean, in float64 (Yin et al. 2018): in each coordinate the
+    floor(beta k) largest and smallest of the k values are dropped and the rest averaged."""
+    if not (isinstance(beta, numbers.Real) and 0 <= beta < 0.5):
+        raise ValueError(f"beta must be in [0, 0.5), got {beta!r}")
+    U = _stacked(updates)
+    k = _trimmed(beta, len(U))
+    if k == 0:
+        return U.mean(axis=0)
+    return np.sort(U, axis=0)[k:len(U) - k].mean(axis=0)
+
+
+def krum_scores(updates: Sequence[np.ndarray], f: int) -> np.ndarray:
+    """Krum's score of each update (Blanchard et al. 2017): the sum of its squared L2 distances to its
+    k - f - 2 nearest other updates (k updates, f of them possibly Byzantine), in float64.
+
+    The neighbour count is kept within [1, k - 1], so a round left with k <= f + 2 updates (after
+    rejections) still scores them; the guarantee of the paper needs k > 2 f + 2."""
+    f = _check_int(f, "f", 0)
+    U = _stacked(updates)
+    k = len(U)
+    if k == 1:
+        return np.zeros(1)
+    d = np.stack([np.square(U - U[i]).sum(axis=1) for i in range(k)])    # (k, k) squared distances
+    near = min(max(k - f - 2, 1), k - 1)
+    np.fill_diagonal(d, np.inf)
+    return np.sort(d, axis=1)[:, :near].sum(axis=1)
+
+
+def krum_select(updates: Sequence[np.ndarray], f: int, m: int = 1) -> np.ndarray:
+    """The indices of the ``m`` updates with the lowest Krum scores, best first (ties: the lower index);
+    Krum is m = 1, Multi-Krum m > 1 (at most the number of updates)."""
+    scores = krum_scores(updates, f)
+    m = min(_check_int(m, "m", 1), len(scores))
+    return np.argsort(scores, kind="stable")[:m]
+
+
+# ---- attacks: what a misbehaving client does --------------------------------------------------
+
+# kind -> (what its value is, or None, and what it does); the order is the one --help lists
+ATTACKS = {
+    "nan": (None, "non-finite values in its update"),
+    "size": (None, "an update one element short"),
+    "scale": ("FACTOR", "its update times FACTOR"),
+    "examples": ("N", "claims N examples in its header, and weighs its update by N under --secure-agg"),
+    "signflip": (None, "minus its update"),
+    "noise": ("STD", "Gaussian noise of std STD in place of its update"),
+    "labelflip": (None, "trains on flipped labels, class c as classes-1-c, and sends that update"),
+}
+
+
+@dataclass(frozen=True)
+class Attack:
+    """What a Byzantine client does (``kind`` one of :data:`ATTACKS`, ``value`` its number). An attacker
+    also skips its own DP clipping: only the server's bound holds it."""
+    kind: str
+    value: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTACKS:
+            raise ValueError(f"unknown attack {self.kind!r}: one of {', '.join(ATTACKS)}")
+        if (ATTACKS[self.kind][0] is None) != (self.value is None):
+            raise ValueError(f"attack {self.kind} takes {'no value' if ATTACKS[self.kind][0] is None else 'a value'}")
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    @property
+    def flips_labels(self) -> bool:
+        return self.kind == "labelflip"
+
+    def claimed_examples(self, examples: int) -> float:
+        """The example count the client's header claims."""
+        return self.value if self.kind == "examples" else examples
+
+    def corrupt(self, update: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The vector the client sends instead of its honest ``update`` (which may be modified)."""
+        if self.kind == "nan":
+            update[::7] = np.nan
+        elif self.kind == "size":
+            update = update[:-1].copy()
+        elif self.kind == "signflip":
+            np.negative(update, out=update)
+        with np.errstate(over="ignore", invalid="ignore"):   # a huge value may overflow: the server rejects it
+            if self.kind == "scale":
+                update *= update.dtype.type(self.value)
+            elif self.kind == "noise":
+                update = gaussian_noise(update.size, self.value, rng, update.dtype)
+        return update
+
+
+def parse_attack(text: str) -> Attack:
+    """``KIND`` or ``KIND:VALUE`` (see :data:`ATTACKS`) as an :class:`Attack`; ValueError says what is wrong.
+    ``examples:N`` takes any number (NaN, Inf and negative ones included: they are what a server must
+    survive); ``scale:FACTOR`` a finite one; ``noise:STD`` a finite one >= 0."""
+    kind, _, value = str(text).partition(":")
+    kinds = ", ".join(k if v is None else f"{k}:{v}" for k, (v, _) in ATTACKS.items())
+    if kind not in ATTACKS:
+        raise ValueError(f"expected an attack, one of {kinds}; got {text!r}")
+    what = ATTACKS[kind][0]
+    if what is None:
+        if value or ":" in text:
+            raise ValueError(f"attack {kind} takes no value, got {text!r}")
+        return Attack(kind)
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"attack {kind} needs a number: {kind}:{what}, got {text!r}") from None
+    if kind == "scale" and not math.isfinite(v):
+        raise ValueError(f"scale:FACTOR needs a finite FACTOR, got {value}")
+    if kind == "noise" and not 0 <= v < math.inf:
+        raise ValueError(f"noise:STD needs a finite STD >= 0, got {value}")
+    return Attack(kind, v)
+
+
+def choose_attackers(num_clients: int, fraction: float, *, seed: int) -> np.ndarray:
+    """The sorted ids of round(fraction * num_clients) clients, drawn from ``data_rng(seed, "attackers")``
+    (the same on every rank); ValueError when that is no client."""
+    num_clients = _check_int(num_clients, "num_clients", 1)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    count = round(float(fraction) * num_clients)
+    if count < 1:
+        raise ValueError(f"a fraction of {fraction:g} of {num_clients} clients is no client")
+    return np.sort(data_rng(seed, "attackers").choice(num_clients, size=count, replace=False)).astype(np.int64)
+
+
+# ---- privacy accounting: Google's dp-accounting ------------------------------------------------
+
+def _dp_accounting():
+    try:
+        import dp_accounting
+        from dp_accounting import rdp
+    except ImportError as e:
+        raise ImportError(f"privacy accounting needs Google's dp-accounting library (pip install dp-accounting): "
+                          f"{e}") from None
+    return dp_accounting, rdp
+
+
+@contextlib.contextmanager
+def _absl_quiet():
+    """The RDP accountant logs a warning for each fractional order whose series does not converge (it leaves
+    that order out, as it should); those lines would bury the run's own."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def dp_epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> float:
+    """The epsilon of ``rounds`` rounds of DP-FedAvg at ``delta``: each round a Gaussian mechanism of noise
+    multiplier z (std z S on the sum of updates clipped to S) on a Poisson sample of the clients at
+    ``sampling_rate`` q, composed with dp-accounting's RDP accountant (add-or-remove-one neighbouring:
+    user-level privacy, as in McMahan et al. 2018). 0 for no rounds; inf without noise (z = 0).
+
+    FedAvg here samples exactly m = q K clients, not a Poisson number of them; accounting it as Poisson
+    sampling at q = m / K is the usual approximation (the server's mean also divides by the accepted m,
+    not by a fixed q K)."""
+    if not (isinstance(noise_multiplier, numbers.Real) and 0 <= noise_multiplier < math.inf):
+        raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
+    if not (isinstance(sampling_rate, numbers.Real) and 0 < sampling_rate <= 1):
+        raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
+    rounds = _check_int(rounds, "rounds", 0)
+    if not (isinstance(delta, numbers.Real) and 0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if rounds == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    dp, rdp = _dp_accounting()
+    event = dp.PoissonSampledDpEvent(float(sampling_rate), dp.GaussianDpEvent(float(noise_multiplier)))
+    accountant = rdp.RdpAccountant()
+    try:
+        with _absl_quiet(), np.errstate(all="ignore"):
+            accountant.compose(event, rounds)
+            return float(accountant.get_epsilon(float(delta)))
+    except ArithmeticError as e:           # the library's own arithmetic fails for extreme noise (1e-300, 1e300)
+        raise ValueError(f"dp-accounting cannot compute epsilon for noise multiplier {noise_multiplier:g}, sampling "
+                         f"rate {sampling_rate:g}, {rounds} rounds, delta {delta:g}: {type(e).__name__}: {e}") from None
+
+
 # ---- secure aggregation: fixed point and pairwise masks mod 2**64 ----------------------------
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -301,6 +591,9 @@ class WeightedAverage:
     def wire_dtype(self, dtype) -> np.dtype:
         return np.dtype(dtype)
 
+    def can_encode(self, update: np.ndarray, num_examples: int) -> bool:
+        return True                 # the update travels as it is (the server checks it)
+
     def encode(self, update: np.ndarray, num_examples: int, client: int, sampled, round: int) -> np.ndarray:
         return update
 
@@ -312,8 +605,110 @@ class WeightedAverage:
         """The average in float64."""
         return weighted_average(updates, [self.weight(n) for n in counts]).astype(np.float64)
 
+    def spec(self) -> str:
+        """The rule as ``--aggregate`` names it."""
+        return "mean"
+
     def describe(self) -> str:
         return "equal-weight average" if self.equal else "example-weighted average"
+
+
+@dataclass(frozen=True)
+class CoordinateMedian(WeightedAverage):
+    """The coordinate-wise median of the updates (:func:`coordinate_median`; the counts play no part)."""
+
+    def combine(self, updates, counts, round):
+        return coordinate_median(updates)
+
+    def spec(self) -> str:
+        return "median"
+
+    def describe(self) -> str:
+        return "coordinate-wise median"
+
+
+@dataclass(frozen=True)
+class TrimmedMean(WeightedAverage):
+    """The coordinate-wise ``beta``-trimmed mean of the updates (:func:`trimmed_mean`; unweighted)."""
+    beta: float = 0.1
+
+    def combine(self, updates, counts, round):
+        return trimmed_mean(updates, self.beta)
+
+    def spec(self) -> str:
+        return f"trimmed-mean:{self.beta:g}"
+
+    def describe(self) -> str:
+        return f"coordinate-wise trimmed mean (beta {self.beta:g})"
+
+
+@dataclass(frozen=True)
+class Krum(WeightedAverage):
+    """Krum (``select`` 1: the update with the lowest :func:`krum_scores` for ``f`` Byzantine clients) or
+    Multi-Krum (the ``select`` best, averaged with the FedAvg weights: n_k, or equal under DP)."""
+    f: int = 0
+    select: int = 1
+
+    def combine(self, updates, counts, round):
+        picks = krum_select(updates, self.f, self.select)
+        return weighted_average([updates[i] for i in picks],
+                                [self.weight(counts[i]) for i in picks]).astype(np.float64)
+
+    def spec(self) -> str:
+        return f"krum:{self.f}" if self.select == 1 else f"multi-krum:{self.f},{self.select}"
+
+    def describe(self) -> str:
+        if self.select == 1:
+            return f"Krum (f={self.f})"
+        return f"Multi-Krum (f={self.f}): the {self.select} best, {WeightedAverage.describe(self)}"
+
+
+AGGREGATES = ("mean", "median", "trimmed-mean:BETA", "krum:F", "multi-krum:F,M")
+
+
+def parse_aggregate(text: str, *, equal: bool = False) -> WeightedAverage:
+    """The rule ``--aggregate`` names (one of :data:`AGGREGATES`); ValueError says what is wrong. ``equal``:
+    the averages weigh every client equally (DP-FedAvg)."""
+    name, _, arg = str(text).partition(":")
+    usage = f"expected {', '.join(AGGREGATES[:-1])} or {AGGREGATES[-1]}; got {text!r}"
+    try:
+        if name in ("mean", "median") and not arg and ":" not in text:
+            return WeightedAverage(equal=equal) if name == "mean" else CoordinateMedian(equal=equal)
+        if name == "trimmed-mean":
+            beta = float(arg)
+            if not 0 < beta < 0.5:
+                raise ValueError(f"trimmed-mean:BETA needs 0 < BETA < 0.5, got {arg}")
+            return TrimmedMean(equal=equal, beta=beta)
+        if name == "krum":
+            f = int(arg)
+            if f < 0:
+                raise ValueError(f"krum:F needs F >= 0 (the Byzantine clients it tolerates), got {arg}")
+            return Krum(equal=equal, f=f)
+        if name == "multi-krum":
+            f, m = (int(x) for x in arg.split(","))
+            if f < 0 or m < 1:
+                raise ValueError(f"multi-krum:F,M needs F >= 0 and M >= 1, got {arg}")
+            return Krum(equal=equal, f=f, select=m)
+    except ValueError as e:
+        if str(e).startswith(("trimmed-mean:", "krum:", "multi-krum:")):
+            raise
+        raise ValueError(usage) from None
+    raise ValueError(usage)
+
+
+def aggregate_problem(rule: WeightedAverage, per_round: int) -> str | None:
+    """Why ``rule`` cannot do its job with ``per_round`` clients a round (None if it can)."""
+    m = _check_int(per_round, "per_round", 1)
+    if isinstance(rule, TrimmedMean) and _trimmed(rule.beta, m) == 0:
+        return (f"{rule.spec()} drops floor({rule.beta:g} x {m}) = 0 updates at each end with {m} clients per "
+                f"round: raise BETA to at least {1 / m:.3g}")
+    if isinstance(rule, Krum):
+        if m <= 2 * rule.f + 2:
+            return (f"{rule.spec()} needs more than 2F+2 = {2 * rule.f + 2} clients per round to tolerate F = "
+                    f"{rule.f} (Blanchard et al.), but a round has {m}")
+        if rule.select > m - rule.f:
+            return f"{rule.spec()} averages at most m - F = {m - rule.f} updates (m = {m} clients per round)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -326,6 +721,12 @@ class SecureAggregation(WeightedAverage):
 
     def wire_dtype(self, dtype) -> np.dtype:
         return np.dtype(np.int64)
+
+    def can_encode(self, update, num_examples):
+        """Whether weight * update is finite and within the fixed-point range of :func:`quantize`."""
+        with np.errstate(all="ignore"):
+            x = update.astype(np.float64) * float(self.weight(num_examples))
+        return bool(np.isfinite(x).all()) and (x.size == 0 or float(np.abs(x).max()) * _SCALE <= _QMAX)
 
     def encode(self, update, num_examples, client, sampled, round):
         q = quantize(update.astype(np.float64) * self.weight(num_examples))
@@ -361,21 +762,31 @@ class DifferentialPrivacy:
 
 @dataclass(frozen=True)
 class Strategy:
-    """Who takes part (``sampler``), how updates travel and combine (``rule``), and DP (``privacy``)."""
+    """Who takes part (``sampler``), how updates travel and combine (``rule``), DP (``privacy``), and the
+    server's bound on each update's norm (``bound``)."""
     sampler: ClientSampler
     rule: Union[WeightedAverage, SecureAggregation]
     privacy: DifferentialPrivacy | None = None
+    bound: NormBound | None = None
 
-    def client_message(self, update: np.ndarray, num_examples: int, client: int, sampled,
-                       round: int) -> tuple[np.ndarray, bool]:
+    def client_message(self, update: np.ndarray, num_examples: float, client: int, sampled,
+                       round: int, *, clip: bool = True) -> tuple[np.ndarray, bool]:
         """What a client sends for ``update``, and whether it could be encoded (a non-finite update is
-        sent as it is for the server to reject, or, when it cannot be masked, as nothing)."""
+        sent as it is for the server to reject, or, when it cannot be masked, as nothing). ``clip=False``:
+        skip the client's DP clipping (what a Byzantine client does)."""
         finite = bool(np.isfinite(update).all())
         if not finite:
             return (np.zeros(0, dtype=np.int64) if self.rule.all_or_nothing else update), False
-        if self.privacy:
+        if self.privacy and clip:
             self.privacy.privatize(update)
+        if not self.rule.can_encode(update, num_examples):
+            return np.zeros(0, dtype=np.int64), False
         return self.rule.encode(update, num_examples, client, sampled, round), True
+
+    def receive(self, update: np.ndarray) -> float | None:
+        """The server's bound on a received update that passed its checks: clipped in place; the norm before
+        when it was clipped, else None."""
+        return self.bound.apply(update) if self.bound else None
 
     def aggregate(self, updates: Sequence[np.ndarray], counts: Sequence[int], round: int) -> np.ndarray:
         """The update to add to the global model, in float64."""
@@ -390,18 +801,42 @@ class Strategy:
             return None
         return client_drift(updates, [self.rule.weight(n) for n in counts], params)
 
+    def sampling_rate(self) -> float:
+        """q = m / K, the share of the clients a round samples."""
+        return self.sampler.per_round() / self.sampler.num_clients
+
+    def epsilon(self, rounds: int, delta: float) -> float | None:
+        """The privacy spent after ``rounds`` rounds at ``delta`` (:func:`dp_epsilon`); None without DP."""
+        if self.privacy is None:
+            return None
+        return dp_epsilon(self.privacy.noise, self.sampling_rate(), rounds, delta)
+
     def describe(self) -> str:
-        return self.rule.describe() + (f", DP clip {self.privacy.clip:g} noise {self.privacy.noise:g}"
-                                       if self.privacy else "")
+        return (self.rule.describe()
+                + (f", updates clipped by the server to norm {self.bound.max_norm:g}" if self.bound else "")
+                + (f", DP clip {self.privacy.clip:g} noise {self.privacy.noise:g}" if self.privacy else ""))
 
 
 def make_strategy(*, num_clients: int, fraction: float, seed: int, secure_agg: bool = False,
-                  dp_clip: float | None = None, dp_noise: float = 0.0) -> Strategy:
-    """FedAvg's strategy from its options: DP averages with equal weights; secure aggregation masks."""
+                  dp_clip: float | None = None, dp_noise: float = 0.0, aggregate: str = "mean",
+                  max_update_norm: float | None = None) -> Strategy:
+    """FedAvg's strategy from its options: DP averages with equal weights; secure aggregation masks; the
+    server bounds each update's norm (to ``dp_clip``, else to ``max_update_norm``) where it sees them.
+
+    ValueError for what cannot go together: a robust rule or a norm bound needs the individual updates,
+    which secure aggregation hides; ``max_update_norm`` with ``dp_clip`` (the server clips to dp_clip)."""
     equal = dp_clip is not None
-    rule = SecureAggregation(equal=equal, seed=seed) if secure_agg else WeightedAverage(equal=equal)
+    if secure_agg and aggregate != "mean":
+        raise ValueError(f"aggregate {aggregate} needs each client's update; secure aggregation shows only their sum")
+    if secure_agg and max_update_norm is not None:
+        raise ValueError("max_update_norm needs each client's update; secure aggregation shows only their sum")
+    if dp_clip is not None and max_update_norm is not None:
+        raise ValueError("max_update_norm with dp_clip: the server already clips every update to dp_clip")
+    rule = SecureAggregation(equal=equal, seed=seed) if secure_agg else parse_aggregate(aggregate, equal=equal)
     privacy = DifferentialPrivacy(dp_clip, dp_noise, seed) if dp_clip is not None else None
-    return Strategy(ClientSampler(num_clients, fraction, seed), rule, privacy)
+    bound = (None if secure_agg else NormBound(dp_clip, "--dp-clip") if dp_clip is not None else
+             NormBound(max_update_norm) if max_update_norm is not None else None)
+    return Strategy(ClientSampler(num_clients, fraction, seed), rule, privacy, bound)
 
 
 # ---- a look at the split --------------------------------------------------------------------
