@@ -39,9 +39,10 @@ depend on the number of ranks (the server receives the updates in client order).
 * ``--partition iid|shards|dirichlet``: who holds which examples (``--shards-per-client``, ``--alpha``);
   ``--plot-partition FILE.png`` draws the label distribution per client.
 * ``--secure-agg``: pairwise additive masks (Bonawitz et al. 2017) on fixed-point updates mod 2^64: the
-  server sees only masked vectors, and their sum is exactly the sum of the updates. A rejected client
-  leaves masks that do not cancel, so that round keeps the old model (the paper's recovery of a dropped
-  client's masks by secret sharing is not implemented).
+  server sees only masked vectors, and their sum is exactly the sum of the updates. Each client also sends
+  Shamir shares of its mask key, encrypted for the other sampled clients: when a client drops out or is
+  rejected, a majority of survivors open their shares of its key and the server removes its masks, so the
+  round completes with the survivors' exact sum (``recovered`` in the record). At least 2 clients a round.
 * ``--dp-clip S --dp-noise z``: each update is clipped to L2 norm S, the updates are averaged with equal
   weights and Gaussian noise of std z S / m is added (McMahan et al. 2018, DP-FedAvg). After every round the
   privacy spent so far, epsilon at ``--dp-delta`` (default 1e-5), is in the round's record and printed
@@ -74,9 +75,10 @@ from .data import dirichlet_partition, iid_partition, label_histogram, shard_par
 from .data.partition import data_rng
 from .train import gather_batch
 from .train.distributed import Formula, ParadigmError
-from .train.federated import (ATTACKS, AGGREGATES, Attack, aggregate_problem, check_claim, check_report,
-                              choose_attackers, make_strategy, num_clients_per_round, parse_aggregate, parse_attack,
-                              plot_partition)
+from .train.federated import (ATTACKS, AGGREGATES, Attack, add_wrapping, aggregate_problem, check_claim,
+                              check_report, choose_attackers, key_shares, make_strategy, num_clients_per_round,
+                              open_share, parse_aggregate, parse_attack, plot_partition, rebuild_key, secagg_threshold,
+                              unmask_correction)
 from .train.options import _float_between, _int_at_least, prepare_output_file
 from .train.runtime import Paradigm, Payload, Role, Run
 from .train.metrics import plural
@@ -84,9 +86,10 @@ from .train.metrics import plural
 PROG = "python -m mpisim.fedavg"
 PARTITIONS = ("iid", "shards", "dirichlet")
 TAG_MODEL, TAG_HEADER, TAG_UPDATE = 301, 302, 303
+TAG_SHARES, TAG_RECOVER = 304, 305      # secure aggregation: key shares in, share requests out and answers in
 # the header a client sends before its update: examples, elements that follow, status, loss sum, correct
 HEADER = 5
-OK, FAILED = 0, 1
+OK, FAILED, DROPPED = 0, 1, 2
 DEFAULT_DELTA = 1e-5                    # --dp-delta: below 1 / K for K up to 100,000 clients
 ATTACK_KINDS = ", ".join(k if v is None else f"{k}:{v}" for k, (v, _) in ATTACKS.items())
 
@@ -248,6 +251,10 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
             choose_attackers(o.clients, o.bad_clients[0], seed=0)
         except ValueError as e:
             p.error(f"--bad-clients {o.bad_clients[0]:g}: {e}")
+    if o.secure_agg and num_clients_per_round(o.clients, o.fraction) < 2:
+        p.error(f"--secure-agg needs at least 2 clients per round, but --clients {o.clients} --fraction "
+                f"{o.fraction:g} samples {num_clients_per_round(o.clients, o.fraction)}: the masked sum of one client "
+                f"is its update in the clear")
     if o.secure_agg and o.aggregate != "mean":
         p.error(f"--aggregate {o.aggregate} needs each client's update, but --secure-agg shows the server only "
                 f"their masked sum: drop one of them")
@@ -317,8 +324,13 @@ class Federated(Role):
         run, o, N = self.run, self.run.opts, self.run.size
         P, b, R, m = run.model.num_params, run.model.params.itemsize, run.epochs_run, self.m
         b_up = 8 if o.secure_agg else b
-        down, up = R * m * P * b, R * m * P * b_up
-        up_text = "R·m·8·P (int64 masked)" if o.secure_agg else "R·m·b·P"
+        first = run.state.start_epoch
+        gone = [a for a in self.attacks.values() if a.kind == "dropout"]    # their updates are empty messages
+        D = sum(int(c) in self.attacks and self.attacks[int(c)].kind == "dropout"
+                for r in range(first, first + R) for c in self.strategy.sampler.sample(r)) if gone else 0
+        down, up = R * m * P * b, (R * m - D) * P * b_up
+        up_text = ("(R·m - D)·" if D else "R·m·") + ("8·P (int64 masked)" if o.secure_agg else "b·P") + \
+            (f", D = {D} dropped" if D else "")
         formulas = {"server": Formula(f"R·m·b·P (receives {up_text})", R * m, down, R * m, up),
                     "clients": Formula(up_text + " (receive R·m·b·P)", R * m, up, R * m, down)}
         legend = (f"communication in this run: P = {P:,} parameters, b = {b} bytes, N = {N} ranks, R = {R} rounds, "
@@ -376,23 +388,28 @@ class Server(Federated):
             with run.meter.comm("payload"):
                 t.send(run.model.params, host(int(c), t.size), TAG_MODEL)
         updates, counts, rejected, clipped, sums = self.collect(sampled, rnd)
-        kept = not updates or (self.strategy.rule.all_or_nothing and bool(rejected))
+        recovered = self.recover(sampled, rejected, updates, rnd) if run.opts.secure_agg else []
+        lost = self.strategy.rule.all_or_nothing and bool(rejected) and not recovered
+        kept = not updates or lost
         drift = None if kept else self.strategy.drift(updates, counts, run.model.params)   # a measurement only
         with run.meter.computing():
-            if self.strategy.rule.all_or_nothing and rejected:
-                run.say(f"    round {rnd + 1}: secure aggregation cannot unmask the sum without every sampled "
-                        f"client; the model is kept as it was")
+            if lost:
+                run.say(f"    round {rnd + 1}: secure aggregation cannot unmask the sum: {len(updates)} of "
+                        f"{len(sampled)} clients left, and rebuilding a missing client's masks takes the shares of "
+                        f"{secagg_threshold(len(sampled))}; the model is kept as it was")
             elif updates:
                 run.model.params += self.strategy.aggregate(updates, counts, rnd).astype(run.model.dtype, copy=False)
             else:
                 run.say(f"    round {rnd + 1}: every client was rejected; the model is kept as it was")
         now = run.meter.snapshot()
-        accepted = 0 if self.strategy.rule.all_or_nothing and rejected else len(updates)
+        accepted = 0 if lost else len(updates)
         rec = {"loss": sums[0] / max(sums[2], 1), "train_acc": sums[1] / max(sums[2], 1), "clients": len(sampled),
                "accepted": accepted, "rejected": rejected, "drift": drift, "lr": run.lr_at(rnd),
                "seconds": run.elapsed(),
                "server_payload_bytes": int(now["payload_bytes"] - run.before["payload_bytes"]),
                "server_payload_messages": int(now["payload_messages"] - run.before["payload_messages"])}
+        if recovered:
+            rec["recovered"] = recovered
         if self.strategy.bound:
             rec["clipped"] = clipped
         if self.attacks:
@@ -437,6 +454,46 @@ class Server(Federated):
                          f"{plural(records[-1]['round'], 'round')} (dp-accounting, RDP)")
         return "\n".join(lines) or None
 
+    def recover(self, sampled: np.ndarray, rejected: list[dict], updates: list[np.ndarray], rnd: int) -> list[int]:
+        """Secure aggregation's dropout recovery (Bonawitz et al. 2017): the masks a missing client (dropped out,
+        or rejected) shares with the survivors stay in their sum; with at least the threshold of survivors, each
+        opens its share of each missing client's mask key (the server forwards the encrypted share it holds),
+        the server rebuilds the keys and removes those masks, and the sum is the survivors' exact sum. Every
+        rank hosting a sampled client gets one request (empty when nothing is missing or nothing can be done);
+        returns the recovered clients."""
+        run, t, seed = self.run, self.run.t, self.run.train.seed
+        ids = [int(c) for c in sampled]
+        missing = sorted({r["client"] for r in rejected})
+        survivors = [c for c in ids if c not in missing]
+        can = bool(missing) and bool(updates) and len(survivors) >= secagg_threshold(len(ids))
+        asks: dict[int, list[tuple[int, int]]] = {host(c, t.size): [] for c in ids}
+        if can:
+            for j in survivors:
+                asks[host(j, t.size)] += [(j, d) for d in missing]
+        opened: dict[int, list[tuple[int, int, int]]] = {d: [] for d in missing}
+        with run.meter.comm("control"):
+            for src, pairs in sorted(asks.items()):
+                rows = np.array([(j, d, *self.shares[d][ids.index(j)]) for j, d in pairs],
+                                dtype=np.uint64).reshape(-1, 4)
+                t.send(np.array([len(rows)], dtype=np.int64), src, TAG_RECOVER)
+                if len(rows):
+                    t.send(rows, src, TAG_RECOVER)
+            for src, pairs in sorted(asks.items()):
+                if pairs:
+                    got = np.empty((len(pairs), 2), dtype=np.uint64)
+                    t.recv(got, src, TAG_RECOVER)
+                    for (j, d), (lo, hi) in zip(pairs, got):
+                        opened[d].append((ids.index(j) + 1, int(lo), int(hi)))
+        if not can:
+            return []
+        with run.meter.computing():
+            keys = {d: rebuild_key(opened[d], len(ids)) for d in missing}
+            updates[0] = add_wrapping(updates[0], unmask_correction(keys, survivors, seed, rnd, updates[0].size))
+        run.say(f"    round {rnd + 1}: the masks of client{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(str, missing))} removed with the shares of {len(survivors)} survivors: the sum is "
+                f"theirs")
+        return missing
+
     def collect(self, sampled: np.ndarray, rnd: int):
         """Each sampled client's header and update, in client order, checked and bounded: (updates, counts,
         rejected, clipped, [loss sum, correct, seen]); the counts are the partition's."""
@@ -446,9 +503,14 @@ class Server(Federated):
         updates, counts, rejected, clipped = [], [], [], []
         sums = [0.0, 0.0, 0.0]
         want = self.strategy.rule.wire_dtype(run.model.dtype)
+        self.shares = {}
+        secure = run.opts.secure_agg
         for c in map(int, sampled):
             src = host(c, t.size)
             with run.meter.comm("control"):
+                if secure:                                 # its mask key's shares, encrypted for their holders
+                    self.shares[c] = np.empty((len(sampled), 2), dtype=np.uint64)
+                    t.recv(self.shares[c], src, TAG_SHARES)
                 t.recv(header, src, TAG_HEADER)
             size = header[1]
             if not (math.isfinite(size) and size == int(size) and 0 <= size <= P):
@@ -465,6 +527,8 @@ class Server(Federated):
             if reason is None:                         # then the update (a diverged client: its NaNs), then the report
                 if header[2] == FAILED:
                     reason = "reported an update it could not mask (non-finite, or beyond the fixed-point range)"
+                elif header[2] == DROPPED:
+                    reason = "dropped out after masking"
                 elif header[2] != OK:
                     reason = f"sent a header with status {header[2]:g}"
                 else:
@@ -505,14 +569,32 @@ class Clients(Federated):
             with run.meter.comm("payload"):
                 t.recv(self.glob, 0, TAG_MODEL)
         header = np.zeros(HEADER, dtype=np.float64)
+        secure, seed = run.opts.secure_agg, run.train.seed
         for c in mine:
             with run.meter.computing():
                 loss_sum, correct, msg, ok, claimed = self.train_client(c, sampled, rnd, lr)
-            header[:] = (claimed, msg.size, OK if ok or not run.opts.secure_agg else FAILED, loss_sum, correct)
+                shares = key_shares(seed, rnd, c, sampled) if secure else None
+            status = OK if ok or not secure else FAILED
+            attack = self.attacks.get(c)
+            if attack is not None and attack.kind == "dropout":    # masked, then gone: nothing arrives
+                status, msg = DROPPED, msg[:0]
+            header[:] = (claimed, msg.size, status, loss_sum, correct)
             with run.meter.comm("control"):
+                if secure:
+                    t.send(shares, 0, TAG_SHARES)
                 t.send(header, 0, TAG_HEADER)
             with run.meter.comm("payload"):
                 t.send(np.ascontiguousarray(msg), 0, TAG_UPDATE)
+        if secure and mine:                           # the server's request for shares of missing clients' keys
+            with run.meter.comm("control"):
+                k = np.zeros(1, dtype=np.int64)
+                t.recv(k, 0, TAG_RECOVER)
+                if k[0]:
+                    rows = np.empty((int(k[0]), 4), dtype=np.uint64)
+                    t.recv(rows, 0, TAG_RECOVER)
+                    out = np.array([open_share(r[2:], seed, rnd, owner=int(r[1]), holder=int(r[0])) for r in rows],
+                                   dtype=np.uint64)
+                    t.send(out, 0, TAG_RECOVER)
 
     def train_client(self, c: int, sampled: np.ndarray, rnd: int, lr: float):
         """E local epochs of client ``c`` from the global model, from a fresh optimizer; returns (loss sum,

@@ -46,6 +46,8 @@ import numpy as np
 
 from ..data.partition import data_rng
 from .checkpoint import atomic_write_bytes
+from .shamir import PRIME, random_below, reconstruct
+from .shamir import share as shamir_share
 
 __all__ = ["AGGREGATES", "ATTACKS", "FIXED_POINT_BITS", "Attack", "ClientSampler", "CoordinateMedian",
            "DifferentialPrivacy", "Krum", "NormBound", "SecureAggregation", "Strategy", "TrimmedMean",
@@ -59,6 +61,9 @@ FIXED_POINT_BITS = 32                     # quantize: x -> round(x * 2**32)
 _SCALE = float(2 ** FIXED_POINT_BITS)
 _QMAX = float(2 ** 62)                    # largest |quantized value|: leaves headroom for a sum
 _SECAGG = zlib.crc32(b"secagg")           # spawn-key purpose of the pairwise mask streams
+_SHARE_PAD = zlib.crc32(b"secagg-share")  # ... and of the pads that encrypt a key's shares for their holders
+_GENERATOR = 3                            # Diffie-Hellman in the integers mod PRIME (a stand-in group)
+_M64 = (1 << 64) - 1
 
 
 def _check_int(value: int, what: str, minimum: int) -> int:
@@ -341,6 +346,8 @@ ATTACKS = {
     "signflip": (None, "minus its update"),
     "noise": ("STD", "Gaussian noise of std STD in place of its update"),
     "labelflip": (None, "trains on flipped labels, class c as classes-1-c, and sends that update"),
+    "dropout": (None, "masks its update, then fails before sending it (under --secure-agg the others' shares of "
+                      "its mask key let the server remove its masks)"),
 }
 
 
@@ -503,18 +510,97 @@ def dequantize(q: np.ndarray, dtype=np.float32) -> np.ndarray:
     return (q.astype(np.float64) / _SCALE).astype(dtype)
 
 
-def pair_seed(seed: int, round: int, i: int, j: int) -> np.random.SeedSequence:
-    """The mask seed shared by clients ``i < j`` in ``round``.
+def mask_key(seed: int, round: int, client: int) -> int:
+    """Client ``client``'s secret mask key of ``round``, in [2, PRIME - 1).
 
-    In the real protocol i and j agree on it by Diffie-Hellman key agreement and the server never
-    learns it; this simulation derives it from the run seed instead, so it protects nothing from
-    anyone who knows that seed.
-    """
+    In the real protocol a client draws it at random and tells no one; this simulation derives it from the
+    run seed, so it protects nothing from anyone who knows that seed (what is simulated is the protocol:
+    the key agreement, the Shamir shares and the recovery from them)."""
+    rng = data_rng(_check_int(seed, "seed", 0), "secagg-key", _check_int(round, "round", 0),
+                   _check_int(client, "client", 0))
+    return 2 + random_below(rng, PRIME - 3)
+
+
+def public_key(seed: int, round: int, client: int) -> int:
+    """What ``client`` advertises in ``round``: g**key mod PRIME."""
+    return pow(_GENERATOR, mask_key(seed, round, client), PRIME)
+
+
+def agreed_secret(key: int, other_public: int) -> int:
+    """Diffie-Hellman: the secret two clients agree on, from one's key and the other's public key."""
+    return pow(other_public, key, PRIME)
+
+
+def _pair(secret: int, round: int, i: int, j: int, purpose: int = _SECAGG) -> np.random.SeedSequence:
+    return np.random.SeedSequence(secret, spawn_key=(purpose, round, min(i, j), max(i, j)))
+
+
+def pair_seed(seed: int, round: int, i: int, j: int) -> np.random.SeedSequence:
+    """The mask seed shared by clients ``i < j`` in ``round``: from the secret they agree on (Diffie-Hellman
+    on their mask keys), which the server does not learn unless it rebuilds a key from its Shamir shares."""
     seed = _check_int(seed, "seed", 0)
     round = _check_int(round, "round", 0)
     if not _check_int(i, "i", 0) < _check_int(j, "j", 0):
         raise ValueError(f"pair_seed needs i < j, got i={i}, j={j}")
-    return np.random.SeedSequence(seed, spawn_key=(_SECAGG, round, int(i), int(j)))
+    return _pair(agreed_secret(mask_key(seed, round, i), public_key(seed, round, j)), round, i, j)
+
+
+def secagg_threshold(m: int) -> int:
+    """Shares needed to rebuild a mask key when ``m`` clients are sampled: a majority, and at least 2, so
+    that a recovered sum is never one client's update alone (Bonawitz et al.'s t > m/2)."""
+    return max(2, m // 2 + 1)
+
+
+def _pad(secret: int, round: int, i: int, j: int) -> tuple[int, int]:
+    lo, hi = np.random.default_rng(_pair(secret, round, i, j, _SHARE_PAD)).bit_generator.random_raw(2)
+    return int(lo), int(hi)
+
+
+def key_shares(seed: int, round: int, client: int, sampled: Sequence[int]) -> np.ndarray:
+    """Client ``client``'s mask key cut into Shamir shares, one for each sampled client (share k for
+    ``sampled[k]``, at x = k + 1; any :func:`secagg_threshold` of them rebuild the key), each encrypted for
+    its holder with a pad from the secret the two agree on: an (m, 2) uint64 array the server stores and
+    cannot read."""
+    ids = [int(c) for c in sampled]
+    key = mask_key(seed, round, client)
+    shares = shamir_share(key, len(ids), secagg_threshold(len(ids)), data_rng(seed, "secagg-shares", round, client))
+    out = np.zeros((len(ids), 2), dtype=np.uint64)
+    for k, (j, (_, y)) in enumerate(zip(ids, shares)):
+        lo, hi = _pad(agreed_secret(key, public_key(seed, round, j)), round, client, j)
+        out[k] = ((y & _M64) ^ lo, (y >> 64) ^ hi)
+    return out
+
+
+def open_share(cipher: np.ndarray, seed: int, round: int, owner: int, holder: int) -> tuple[int, int]:
+    """What ``holder`` does when the server asks for its share of ``owner``'s key: decrypts ``cipher`` (its row
+    of ``owner``'s :func:`key_shares`) with the pad of the secret the two agree on; returns (lo, hi) words."""
+    lo, hi = _pad(agreed_secret(mask_key(seed, round, holder), public_key(seed, round, owner)), round, owner, holder)
+    return int(cipher[0]) ^ lo, int(cipher[1]) ^ hi
+
+
+def rebuild_key(shares: Sequence[tuple[int, int, int]], m: int) -> int:
+    """A dropped client's mask key from its holders' opened shares ``(x, lo, hi)`` (x = holder's index + 1)."""
+    return reconstruct([(x, lo | (hi << 64)) for x, lo, hi in shares], secagg_threshold(m))
+
+
+def unmask_correction(keys: dict[int, int], survivors: Sequence[int], seed: int, round: int, size: int) -> np.ndarray:
+    """What to add (mod 2**64) to the survivors' masked sum to remove the masks they share with the dropped
+    clients, whose rebuilt keys are ``keys`` ({client: key}): survivor j's vector holds +PRG(s_jd) when j < d
+    and -PRG(s_jd) when j > d, for each dropped d."""
+    out = np.zeros(size, dtype=np.uint64)
+    for d, key in keys.items():
+        for j in map(int, survivors):
+            r = _prg(_pair(agreed_secret(key, public_key(seed, round, j)), round, d, j), size)
+            if j < d:
+                out -= r
+            else:
+                out += r
+    return out.view(np.int64)
+
+
+def add_wrapping(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b mod 2**64 for int64 vectors."""
+    return (a.view(np.uint64) + b.view(np.uint64)).view(np.int64)
 
 
 def _prg(ss: np.random.SeedSequence, size: int) -> np.ndarray:
@@ -714,8 +800,9 @@ def aggregate_problem(rule: WeightedAverage, per_round: int) -> str | None:
 @dataclass(frozen=True)
 class SecureAggregation(WeightedAverage):
     """Pairwise-masked secure aggregation (Bonawitz et al. 2017): each client sends
-    mask(quantize(weight * update)) as int64; the server learns only the weighted sum, and only when every
-    sampled client's vector is there (the masks cancel only together)."""
+    mask(quantize(weight * update)) as int64; the server learns only the weighted sum: the masks cancel only
+    together, or once the masks of the missing clients are removed (:func:`unmask_correction`, with keys rebuilt
+    from their Shamir shares)."""
     seed: int = 0
     all_or_nothing = True
 

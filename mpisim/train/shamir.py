@@ -15,12 +15,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["PRIME", "share", "reconstruct"]
+__all__ = ["PRIME", "random_below", "share", "reconstruct"]
 
 PRIME = 2 ** 127 - 1                 # a Mersenne prime: secrets and shares are integers in [0, PRIME)
 
 
-def _random_below(rng: np.random.Generator, bound: int) -> int:
+def random_below(rng: np.random.Generator, bound: int) -> int:
     """A uniform integer in [0, bound) from 64-bit draws (rejection, so no bias)."""
     words = -(-bound.bit_length() // 64)
     while True:
@@ -38,7 +38,7 @@ def share(secret: int, n: int, t: int, rng: np.random.Generator) -> list[tuple[i
         raise ValueError(f"share: the secret must be an integer in [0, 2**127 - 1), got {secret!r}")
     if not 1 <= t <= n:
         raise ValueError(f"share: need 1 <= t <= n, got t={t}, n={n}")
-    coeffs = [int(secret)] + [_random_below(rng, PRIME) for _ in range(t - 1)]
+    coeffs = [int(secret)] + [random_below(rng, PRIME) for _ in range(t - 1)]
     out = []
     for x in range(1, n + 1):
         y = 0
