@@ -30,6 +30,8 @@ __getattr__, __dir__ = computed_tuples(__name__, ALLREDUCE_ALGORITHMS="allreduce
 def mpi_transport(comm=None, *, abort_on_error: bool = True):
     """The MPI transport over a duplicate of ``comm`` (default ``MPI.COMM_WORLD``).
 
+    With ``abort_on_error``, an uncaught exception on any rank aborts the job naming the rank, and a
+    rank that exits while the others wait for it ends the job naming it (:mod:`mpisim.comm.mpi`).
     Imported lazily so that ``import mpisim.comm`` never initializes MPI by itself.
     """
     from .mpi import mpi_transport as _make

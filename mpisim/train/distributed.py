@@ -4,7 +4,13 @@ from a checkpoint on rank 0, and the communication ledger with its table.
 * :func:`launch` runs ``body(transport, *args)`` on every rank: under ``mpiexec`` one process per rank
   (mpi4py), or with ``--sim N`` on N simulated ranks (threads of this process). Same code, other
   transport. An error on any rank ends the whole job with exit status 1 and a message naming the rank
-  (``MPI_Abort`` under MPI, the simulated cluster's abort otherwise): nothing waits forever.
+  (``MPI_Abort`` under MPI, the simulated cluster's abort otherwise): nothing waits forever. A rank that
+  exits early (``sys.exit``) ends the job the same way. ``--checkpoint DIR`` is locked for the run (one
+  run per directory; a second is refused, exit 2). SIGTERM is handled like Ctrl-C: the run stops where
+  it is, temporary files are removed, the last checkpoint stays as it is, and the message names the
+  epoch it holds; exit status 130 for Ctrl-C (SIGINT) and 143 for SIGTERM (128 + the signal's number,
+  what a shell reports for a process the signal killed, so schedulers and ``mpisim.elastic`` read it as
+  an interruption and not as a failure).
 * :class:`Meter` keeps one rank's ledger: messages and bytes by category (``payload``: the parameter
   and gradient vectors the formulas count; ``control``: headers, metrics and checkpoint traffic), and
   seconds of computation and communication.
@@ -18,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -27,10 +35,11 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from ..comm import CommError, CommTimeout, DeadlockError, RankError, SimCluster, bcast, gather
+from ..comm.group import uncounted
 from ..comm.network import PRESETS, TICK, Network, parse_network
 from ..data import DataError
 from ..nn import MLP, Optimizer, flush_denormals
-from .checkpoint import CheckpointError, checkpoint_path
+from .checkpoint import CheckpointBusy, CheckpointError, DirectoryLock, lock_directory, saved_progress
 from .loop import RunState, restore_state
 from .options import TrainOptions, _int_at_least, under_mpiexec
 
@@ -108,13 +117,17 @@ def maybe_fail(args: TrainOptions, rank: int, step: int, x: np.ndarray) -> None:
     if kind == "nan":
         x[...] = np.nan
     else:
-        import signal
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+SIM_TIMEOUT_MAX = 1e9   # seconds (about 32 years): longer is no timeout, and threading's waits overflow at inf
 
 
 def check_cluster_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.sim_timeout > 0:
         p.error(f"--sim-timeout must be > 0, got {args.sim_timeout}")
+    if not args.sim_timeout < SIM_TIMEOUT_MAX:
+        p.error(f"--sim-timeout must be below {SIM_TIMEOUT_MAX:g} seconds, got {args.sim_timeout:g}")
     if args.network is not None and args.sim is None and under_mpiexec():
         p.error("--network models the simulated transport: use it with --sim N (under mpiexec the network is real)")
     if args.sim is not None and under_mpiexec():
@@ -145,34 +158,143 @@ def launch(prog: str, train: TrainOptions, body: Callable[..., Any], *args: Any,
 
     ``train.sim`` ranks simulated in this process, else this process's MPI rank; ``local``: one process
     without a cluster (its errors name no rank). 0: done. 1: an error on some rank (named in the
-    message). 2: options that this many ranks cannot run. 130: interrupted (Ctrl-C).
+    message). 2: options that cannot run: on this many ranks, or on a ``--checkpoint`` DIR that another
+    run holds. 130: interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM), handled alike.
     """
-    if train.sim or local:
-        return _launch_sim(prog, train, body, args, local)
+    with _signals():
+        try:
+            if train.sim or local:
+                return _launch_sim(prog, train, body, args, local)
+            return _launch_mpi(prog, train, body, args)
+        except KeyboardInterrupt:    # before the ranks started (the cases after are handled inside)
+            return _interrupted(prog, train)
+
+
+def _launch_mpi(prog: str, train: TrainOptions, body, args: tuple) -> int:
     from ..comm import mpi_transport
+    from ..comm.mpi import PeerLost, set_interrupt_message, watching
     t = mpi_transport()          # an uncaught exception on any rank aborts the job, naming the rank
+    # a rank blocked inside MPI when a signal comes cannot run Python's handler: its watch ends the job
+    set_interrupt_message(lambda signum: f"{prog}: {_interrupted_text(train, signum, f' on rank {t.rank}')}")
+    if t.size > 1 and not watching() and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, None):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # no watch (MPI without threads): SIGTERM kills at once,
+        #                                                 as a handler could leave a rank blocked in MPI running
+    lock: DirectoryLock | None = None
+
+    def end(code: int) -> int:
+        """Unlock (an abort skips the ``finally``), then end every process of the job with ``code``."""
+        if lock:
+            lock.release()
+        if t.size > 1:
+            t.abort(code)        # the other ranks may be waiting for this one: end them all
+        return code
+
     try:
+        if train.checkpoint:
+            refused = None
+            if t.rank == 0:          # the process that writes the checkpoints holds the directory
+                try:
+                    lock = lock_directory(train.checkpoint)
+                except CheckpointError as e:
+                    refused = (2 if isinstance(e, CheckpointBusy) else 1, str(e))
+            if t.size > 1:           # every rank learns whether the run goes on (set-up traffic, uncounted)
+                with uncounted(t):
+                    code = int(bcast(t, np.array([refused[0] if refused else 0], dtype=np.int64))[0])
+                if code and t.rank != 0:
+                    return code
+            if refused:
+                print(f"{prog}: error: {refused[1]}", file=sys.stderr, flush=True)
+                return refused[0]
         _with_ftz(t, body, *args)
     except UsageError as e:      # raised by rank 0 alone; the others have returned
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
+    except PeerLost as e:        # another process died under this one: name it, not this rank
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return end(1)
     except EXPECTED_ERRORS as e:
         print(f"{prog}: error: rank {t.rank} of {t.size}: {_describe(e, train)}", file=sys.stderr, flush=True)
-        if t.size > 1:
-            t.abort(1)           # the other ranks may be waiting for this one: end them all
-        return 1
-    except KeyboardInterrupt:
-        _interrupted(prog, train, f" on rank {t.rank}")
-        if t.size > 1:
-            t.abort(130)
-        return 130
+        return end(1)
+    except KeyboardInterrupt:    # Ctrl-C or SIGTERM (Terminated)
+        if lock:
+            lock.sweep()
+        if t.rank != 0 and t.size > 1:
+            time.sleep(INTERRUPT_WAIT)   # rank 0, signalled too, says what is saved and ends the job
+        return end(_interrupted(prog, train, f" on rank {t.rank}"))
+    except SystemExit as e:      # sys.exit() inside the run: the others would wait for this rank forever
+        print(f"{prog}: error: rank {t.rank} of {t.size} exited before the run finished (exit status "
+              f"{_exit_status(e.code)})", file=sys.stderr, flush=True)
+        return end(1)
+    finally:
+        if lock:
+            lock.release()
     return 0
 
 
-def _interrupted(prog: str, train: TrainOptions, where: str = "") -> None:
-    saved = train.checkpoint and checkpoint_path(train.checkpoint).exists()
-    print(f"{prog}: interrupted{where}" + (f"; the last finished epoch is in {train.checkpoint}, continue with "
-                                           f"--resume" if saved else ""), file=sys.stderr, flush=True)
+# under mpiexec a Ctrl-C or SIGTERM reaches every rank; the others give rank 0 this long to say what is
+# saved and end the job (a rank signalled alone then ends it itself)
+INTERRUPT_WAIT = 1.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt, so the same cleanup runs."""
+
+
+_caught: list[int] = []          # the signal that interrupted the current launch (none: Ctrl-C's default)
+
+
+@contextlib.contextmanager
+def _signals():
+    """While a run is launched: SIGTERM raises :class:`Terminated` in the main thread (once; a second one
+    ends the process at once). Not installed off the main thread, nor over a SIGTERM that is ignored."""
+    _caught.clear()
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is None or previous == signal.SIG_IGN:
+        yield
+        return
+
+    def on_term(signum, frame):
+        if _caught:
+            os.write(2, b"terminated again: stopping at once\n")
+            os._exit(128 + signum)
+        _caught.append(signum)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_status(code: Any) -> int:
+    """The exit status ``sys.exit(code)`` gives: None 0, an int itself, anything else (a message) 1."""
+    return 0 if code is None else code if isinstance(code, int) else 1
+
+
+def _interrupted_text(train: TrainOptions, signum: int, where: str = "") -> str:
+    """'interrupted by SIGTERM on rank 0; the last finished epoch, 3, is in DIR: continue with --resume',
+    read from the checkpoint on disk (what a resume would start from)."""
+    how = "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
+    text = f"{how}{where}"
+    if not train.checkpoint:
+        return text
+    try:
+        saved = saved_progress(train.checkpoint)
+    except CheckpointError as e:
+        return f"{text}; the checkpoint cannot be read: {e}"
+    if saved is None:
+        return f"{text}; nothing saved in {train.checkpoint} yet"
+    unit, done = saved
+    return f"{text}; the last finished {unit}, {done}, is in {train.checkpoint}: continue with --resume"
+
+
+def _interrupted(prog: str, train: TrainOptions, where: str = "") -> int:
+    """Say that the run was interrupted and what is saved; the exit status (128 + the signal's number)."""
+    signum = _caught[0] if _caught else signal.SIGINT
+    print(f"{prog}: {_interrupted_text(train, signum, where)}", file=sys.stderr, flush=True)
+    return 128 + signum
 
 
 def _with_ftz(t, body, *args):
@@ -221,24 +343,46 @@ def run_in_process(train: TrainOptions, body, *args, local: bool = False) -> lis
 
 
 def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) -> int:
-    if not 0 < train.sim_timeout < 1e9:
-        print(f"{prog}: error: --sim-timeout must be a number of seconds > 0 and below 1e9, got {train.sim_timeout:g}",
-              file=sys.stderr, flush=True)
+    if not 0 < train.sim_timeout < SIM_TIMEOUT_MAX:
+        print(f"{prog}: error: --sim-timeout must be a number of seconds > 0 and below {SIM_TIMEOUT_MAX:g}, got "
+              f"{train.sim_timeout:g}", file=sys.stderr, flush=True)
         return 2
     try:
         cluster = sim_cluster(train, local)
     except (MemoryError, ValueError) as e:   # too many ranks for this machine; a topology of another size
         print(f"{prog}: error: --sim {train.sim}: {e}", file=sys.stderr, flush=True)
         return 2
+    lock: DirectoryLock | None = None
+    if train.checkpoint:
+        try:
+            lock = lock_directory(train.checkpoint)
+        except CheckpointError as e:
+            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+            return 2 if isinstance(e, CheckpointBusy) else 1
+    try:
+        return _run_sim(prog, train, cluster, body, args, local, lock)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _run_sim(prog: str, train: TrainOptions, cluster: SimCluster, body, args: tuple, local: bool,
+             lock: DirectoryLock | None) -> int:
     try:
         cluster.run(_with_ftz, body, *args)
     except RankError as e:
-        if isinstance(e.exc, KeyboardInterrupt):     # one rank runs on this thread
-            _interrupted(prog, train)
-            return 130
+        if isinstance(e.exc, KeyboardInterrupt):     # Ctrl-C or SIGTERM, handed to the rank running then
+            if lock:
+                lock.sweep()
+            return _interrupted(prog, train)
         if isinstance(e.exc, UsageError):
             print(f"{prog}: error: {e.exc}", file=sys.stderr, flush=True)
             return 2
+        if isinstance(e.exc, SystemExit):          # sys.exit() inside the run
+            who = "the run exited before it" if local else f"rank {e.rank} of {e.size} exited before the run"
+            print(f"{prog}: error: {who} finished (exit status {_exit_status(e.exc.code)})", file=sys.stderr,
+                  flush=True)
+            return 1
         if not isinstance(e.exc, EXPECTED_ERRORS):
             traceback.print_exception(type(e.exc), e.exc, e.exc.__traceback__, file=sys.stderr)
         where = "" if local else f"rank {e.rank} of {e.size} failed: "
@@ -248,8 +392,9 @@ def _launch_sim(prog: str, train: TrainOptions, body, args: tuple, local: bool) 
         print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        _interrupted(prog, train)
-        return 130
+        if lock:
+            lock.sweep()
+        return _interrupted(prog, train)
     return 0
 
 
