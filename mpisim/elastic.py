@@ -16,7 +16,7 @@ import argparse
 import subprocess
 import sys
 
-from .train.checkpoint import checkpoint_path
+from .train.checkpoint import CheckpointError, saved_progress
 from .train.options import Parser
 
 USAGE, INTERRUPTED = 2, (130, 143, -2, -15)
@@ -50,17 +50,12 @@ def restarted(cmd: list[str]) -> list[str]:
     return cmd if "--resume" in cmd else [*cmd, "--resume"]
 
 
-def saved_epoch(directory: str) -> int | None:
-    """The epoch (or round) saved in ``directory``'s checkpoint, or None without a readable one."""
-    from .train.checkpoint import CheckpointError, load_checkpoint
-    if not checkpoint_path(directory).exists():
-        return None
+def saved(directory: str) -> tuple[str, int] | None:
+    """("epoch" or "round", how many) saved in ``directory``'s checkpoint, or None without a readable one."""
     try:
-        _, meta = load_checkpoint(directory)
+        return saved_progress(directory)
     except CheckpointError:
         return None
-    epoch = meta.get("epoch")
-    return epoch if isinstance(epoch, int) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,18 +88,18 @@ def main(argv=None) -> int:
             return 130
         if status == 0 or status == USAGE or status in INTERRUPTED:
             return 0 if status == 0 else (130 if status in (130, -2) else 143 if status in (143, -15) else status)
-        epoch = saved_epoch(ck)
+        done = saved(ck)
         why = f"exit status {status}" if status > 0 else f"killed by signal {-status}"
         if attempt >= args.max_restarts:
             print(f"python -m mpisim.elastic: the job failed ({why}); no restarts left ({args.max_restarts} made)",
                   file=sys.stderr, flush=True)
             return 1
         attempt += 1
-        where = f"from epoch {epoch}, the last one saved in {ck}" if epoch is not None else \
+        where = f"from {done[0]} {done[1]}, the last one saved in {ck}" if done else \
             f"from the start (nothing saved in {ck} yet)"
         print(f"python -m mpisim.elastic: the job failed ({why}); restarting {where} ({attempt} of "
               f"{args.max_restarts})", file=sys.stderr, flush=True)
-        if epoch is not None:
+        if done:
             cmd = restarted(cmd)
         else:
             cmd = _without(cmd, "--inject-fault")
