@@ -33,6 +33,7 @@ from .comm.plan import allreduce_init
 # the small-message targets: a planned allreduce at most this many times MPI_Allreduce's time
 TARGETS = {4 << 10: 3.0, 64 << 10: 1.5}
 PROGRESS_AFTER = 5.0  # seconds into the sweep before progress lines start
+BUFFERS = 4           # message-sized buffers a rank holds at the largest size: input, MPI's output, mpisim's, scratch
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
           "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
@@ -54,7 +55,8 @@ def fmt_size(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    from .train.options import Parser        # a usage error is one line (said by rank 0 alone under mpiexec)
+    ap = Parser(
         prog="python -m mpisim.bench",
         description="Allreduce benchmark: mpisim's hand-written algorithms next to MPI_Allreduce. "
                     "Run it under mpiexec, e.g. 'mpiexec -n 2 python -m mpisim.bench'.")
@@ -137,8 +139,21 @@ def main(argv: list[str] | None = None) -> int:
                  f"got {args.min_size}")
     if args.max_size < args.min_size:
         ap.error(f"--max-size ({args.max_size} B) is below --min-size ({args.min_size} B)")
+    from .comm.sim import _available_memory
+    have = _available_memory()
+    if have is not None and BUFFERS * args.max_size > have:   # not a MemoryError after the small sizes' sweep
+        ap.error(f"--max-size {fmt_size(args.max_size)} needs about {BUFFERS} x that per rank, more than the "
+                 f"{have / (1 << 30):.1f} GiB of memory available here")
+    from .train.options import output_file_problem, same_file
+    for opt, path in (("--csv", args.csv), ("--save-table", args.save_table), ("--trace", args.trace),
+                      ("--timeline", args.timeline)):
+        if path == "":                       # never silently ignored
+            ap.error(f"{opt} needs a file name")
     for opt, path in (("--csv", args.csv), ("--save-table", args.save_table)):
-        if path:
+        if path:                             # checked now, not after the whole sweep
+            why = output_file_problem(path)
+            if why:
+                ap.error(f"{opt} {why}")
             folder = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
                 ap.error(f"{opt}: cannot write in {folder} (no such folder, or not writable)")
@@ -147,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         why = path and check_output(path, suffix)
         if why:
             ap.error(f"{flag}: {why}")
-    from .train.options import same_file
     same = same_file([("--csv", args.csv), ("--save-table", args.save_table), ("--trace", args.trace),
                       ("--timeline", args.timeline)])
     if same:

@@ -59,15 +59,26 @@ class Options:
     error_feedback: bool = False              # keep what the scheme leaves out of a push, send it with the next
 
 
+MAX_STRAGGLER = 1000.0      # --straggler's FACTOR at most: the worker sleeps (FACTOR-1) x its compute time a
+#                            step, so 1e9 would stall the run for days; 1000 already makes a step of 1 ms one of 1 s
+
+
 def _straggler(text: str) -> tuple[int, float]:
     try:
         rank, factor = text.split(":")
         rank, factor = int(rank), float(factor)
-        if rank < 0 or not 1 <= factor < float("inf"):
+        if rank < 0 or not 1 <= factor <= MAX_STRAGGLER:
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected RANK:FACTOR with RANK >= 0 and FACTOR >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected RANK:FACTOR with RANK >= 0 and FACTOR >= 1 (at most "
+                                         f"{MAX_STRAGGLER:g}), got {text!r}") from None
     return rank, factor
+
+
+def fault_steps(o: Options, N: int, batches: int) -> int:
+    """The most gradient steps one worker takes in an epoch of ``batches`` global batches (--inject-fault's
+    count): one a batch in sync; async and ssp share W x batches pushes among the W workers however they fall."""
+    return batches if o.mode == "sync" else (N - o.servers) * batches
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -78,7 +89,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="ssp: how many steps a worker may run ahead of the slowest worker, a step being one minibatch: "
                         "one push of its gradient and one pull of the parameters (default 2; 0 = sync)")
     g.add_argument("--straggler", type=_straggler, default=None, metavar="RANK:FACTOR",
-                   help="make worker RANK FACTOR times slower, e.g. 3:4")
+                   help=f"make worker RANK FACTOR times slower, e.g. 3:4 (FACTOR 1..{MAX_STRAGGLER:g})")
     add_compress_args(g, "each push (a worker's gradient shard)",
                       schemes=[s.name for s in SCHEMES.values() if s.point_to_point])
 
@@ -229,7 +240,8 @@ class Worker:
         self.S, self.W, self.B, self.seed = run.opts.servers, W, run.train.batch_size, run.train.seed
         self.w = run.rank - self.S
         self.b = max(1, self.B // W)                              # async: this worker's own batch size
-        self.xbuf = np.empty((max(-(-self.B // W), self.b), self.ds.num_features), dtype=self.model.dtype)
+        rows = min(max(-(-self.B // W), self.b), self.ds.num_train)   # a batch never holds more than the data
+        self.xbuf = np.empty((rows, self.ds.num_features), dtype=self.model.dtype)
         self.sums = np.zeros(3, dtype=np.float64)                 # loss sum, correct, seen
         self.steps_done = 0
         straggler = run.opts.straggler
@@ -428,7 +440,7 @@ class ParameterServer(Role):
 
 
 PARADIGM = Paradigm(name="paramserver", doc=__doc__, setup=ParameterServer, options=Options, add_args=add_args,
-                    check=check, check_world=check_world, workers=lambda o, N: N - o.servers,
+                    check=check, check_world=check_world, workers=lambda o, N: N - o.servers, fault_steps=fault_steps,
                     no_batchnorm="its running statistics would live on the workers, not the servers "
                                  "(use mpisim.allreduce)",
                     description="Parameter-server SGD: sync, async or stale-synchronous, sharded over --servers.")

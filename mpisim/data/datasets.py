@@ -22,7 +22,7 @@ from .idx import MNIST_FILES, DataError, download_mnist, read_idx
 from .partition import data_rng
 
 __all__ = ["DATASETS", "Dataset", "dataset_shape", "load_dataset", "load_digits", "load_mnist", "make_synthetic",
-           "normalize", "train_val_split"]
+           "normalize", "train_val_split", "training_size"]
 
 DATASETS = ("digits", "mnist", "synthetic")
 MNIST_CACHE = Path("~/.cache/mpisim/mnist")  # where --download puts MNIST when no dir is given
@@ -192,11 +192,18 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *, download: bool = Fa
     arrays, image_shape = [], ()
     for img_path, lab_path in (paths[:2], paths[2:]):
         x, y = read_idx(img_path, expect_ndim=3), read_idx(lab_path, expect_ndim=1)
+        if y.dtype.kind not in "iu":          # float labels would be truncated to classes without a word
+            raise DataError(f"{lab_path} holds {y.dtype.name} labels: class labels must be an integer type "
+                            f"(IDX type 0x08 unsigned byte, 0x09, 0x0B or 0x0C)")
         if len(x) != len(y):
             raise DataError(f"{img_path} holds {len(x)} images but {lab_path} holds "
                             f"{len(y)} labels")
         if len(x) == 0:
             raise DataError(f"{img_path} holds no images (its header says 0): expected at least one")
+        if 0 in x.shape[1:]:
+            raise DataError(f"{img_path} holds images of shape {x.shape[1:]}: an image needs at least one pixel")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError(f"{img_path} holds non-finite pixel values (NaN or inf)")
         if y.size and (y.min() < 0 or y.max() > 9):
             raise DataError(f"{lab_path} has labels in [{y.min()}, {y.max()}], expected 0..9")
         if image_shape and x.shape[1:] != image_shape:
@@ -252,6 +259,36 @@ def dataset_shape(name: str, *, synthetic_features: int = 64, synthetic_classes:
     if name == "synthetic":
         return synthetic_features, synthetic_classes
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+DIGITS_TRAIN = 1437      # load_digits' training split: 4/5 of scikit-learn's 1,797 images
+
+
+def training_size(name: str, *, data_dir: str | os.PathLike | None = None, val_fraction: float = 0.0,
+                  synthetic_size: int = 10000, synthetic_classes: int = 10) -> int | None:
+    """The training examples :func:`load_dataset` would return (after the validation split), without loading
+    the data (to check options before a run); None when that cannot be known cheaply or the data would not
+    load (MNIST files missing or broken: the run says why)."""
+    if name == "digits":
+        n = DIGITS_TRAIN
+    elif name == "synthetic":
+        n = synthetic_size - round(0.2 * synthetic_size)         # make_synthetic's default test_fraction
+        if n < synthetic_classes:
+            return None
+    elif name == "mnist":
+        try:
+            path = _find(_mnist_dir(data_dir, False), MNIST_FILES[1])
+            n = None if path is None else len(read_idx(path, expect_ndim=1))   # the labels: 60 KB, not 47 MB
+        except (DataError, OSError):
+            return None
+        if not n:
+            return None
+    else:
+        return None
+    if not 0.0 <= val_fraction < 1.0:
+        return None
+    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    return n - n_val if n_val < n else None
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, download: bool = False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import sys
 import tempfile
@@ -84,7 +85,7 @@ def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.n
                         f"dimensions but the file has {len(raw)}")
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(IDX_DTYPES[code])
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)            # Python integers: a header of 2^31 x 2^31 x ... cannot wrap around
     want, have = count * dtype.itemsize, len(raw) - header
     if have < want:
         raise DataError(f"{path} is truncated: header says {shape[0]} items of shape {shape} "
@@ -93,7 +94,11 @@ def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.n
         raise DataError(f"{path} has {have - want} trailing bytes: header says {shape[0]} items "
                         f"of shape {shape} = {want} bytes but {have} bytes present")
     data = np.frombuffer(raw, dtype=dtype, count=count, offset=header)
-    return data.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    try:
+        return data.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    except ValueError:     # an empty array whose other dimensions overflow numpy's size (0 x 2^32 x 2^32 x 2^32)
+        raise DataError(f"{path}: header says shape {shape}, {count} items, which is not an array "
+                        f"numpy can hold") from None
 
 
 def _mirrors(mirrors: Sequence[str] | None) -> list[str]:

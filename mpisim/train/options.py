@@ -19,8 +19,8 @@ from ..nn.schedule import scaled_lr
 from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
 from ..nn.precision import PRECISIONS, gpu_half_dtype
 
-__all__ = ["LR_SCALINGS", "Parser", "scaled_lr", "add_training_args", "check_training_args", "prepare_output_file", "run_config", "RESUMABLE_CHANGES",
-           "TrainOptions", "options_from"]
+__all__ = ["LR_SCALINGS", "Parser", "scaled_lr", "add_training_args", "check_training_args", "check_checkpoint_dir",
+           "output_file_problem", "prepare_output_file", "run_config", "RESUMABLE_CHANGES", "TrainOptions", "options_from"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
@@ -105,6 +105,8 @@ def _fraction(text: str) -> float:
 
 
 def _hidden(text: str) -> list[int]:
+    if not text.strip():            # not silently logistic regression: that is --hidden none
+        raise argparse.ArgumentTypeError("expected hidden sizes such as 128,64, or none; got ''")
     try:
         return parse_hidden(text)
     except ValueError as e:
@@ -245,13 +247,18 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         args.base_batch = p.get_default("batch_size")
     if args.batchnorm and args.batch_size is not None and args.batch_size < 2:
         p.error("--batchnorm needs --batch-size of at least 2")
+    for name in ("metrics", "plot", "trace", "timeline"):
+        if getattr(args, name) == "":          # not silently ignored: an empty name is a slip
+            p.error(f"--{name} needs a file name")
+    if args.checkpoint == "":
+        p.error("--checkpoint needs a directory name")
+    if args.data_dir == "":
+        p.error("--data-dir needs a directory name")
     if args.plot and not args.plot.lower().endswith(".png"):
         p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
     from ..trace import check_output
     for name, suffix in (("trace", ".json"), ("timeline", ".png")):
         path = getattr(args, name)
-        if path == "":
-            p.error(f"--{name} needs a file name")
         why = path and check_output(path, suffix, folder=False)   # the folder: prepare_output_file, below
         if why:
             p.error(f"--{name}: {why}")
@@ -262,10 +269,23 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         if getattr(args, name):
             prepare_output_file(p, f"--{name}", getattr(args, name))
     if args.checkpoint:
-        ck = os.path.abspath(args.checkpoint)
-        if os.path.exists(ck) and not os.path.isdir(ck):
-            p.error(f"--checkpoint {args.checkpoint} is a file; give a directory")
-        _check_creatable(p, f"--checkpoint {args.checkpoint}", ck)
+        check_checkpoint_dir(p, args.checkpoint)
+
+
+def check_checkpoint_dir(p: argparse.ArgumentParser, directory: str) -> None:
+    """Usage error unless ``--checkpoint directory`` is a directory (or can be made one) whose checkpoint and
+    lock files, where they exist, are regular files: a FIFO or a device there would block the run or swallow it."""
+    from . import checkpoint
+    ck = os.path.abspath(directory)
+    if os.path.lexists(ck) and not os.path.isdir(ck):
+        kind = "a file" if os.path.isfile(ck) else "not a directory"
+        p.error(f"--checkpoint {directory} is {kind}; give a directory")
+    _check_creatable(p, f"--checkpoint {directory}", ck)
+    for name in (checkpoint.CHECKPOINT_NAME, getattr(checkpoint, "LOCK_NAME", None)):
+        f = os.path.join(ck, name) if name else None
+        if f and os.path.lexists(f) and not os.path.isfile(f):
+            p.error(f"--checkpoint {directory}: {f} exists and is not a regular file (a FIFO, socket, device, "
+                    f"directory or broken link): remove it or choose another directory")
 
 
 def same_file(outputs: list[tuple[str, str | None]]) -> str | None:
@@ -283,14 +303,31 @@ def same_file(outputs: list[tuple[str, str | None]]) -> str | None:
 
 def prepare_output_file(p: argparse.ArgumentParser, option: str, path: str) -> None:
     """Usage error unless ``path`` can be written as a file; creates its missing folders."""
-    if os.path.isdir(path):
-        p.error(f"{option} {path} is a directory; give a file name")
+    why = output_file_problem(path)
+    if why:
+        p.error(f"{option} {why}")
     parent = os.path.dirname(os.path.abspath(path))
     _check_creatable(p, f"{option} {path}", parent)
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         p.error(f"{option} {path}: cannot create {parent}: {e.strerror or e}")
+
+
+def output_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written as a regular file (an empty name, a directory, an existing FIFO, socket
+    or device, which would block the run or swallow its output, or a file that cannot be written), or None.
+    The folder is not checked here."""
+    if not path:
+        return "needs a file name"
+    if os.path.isdir(path):
+        return f"{path} is a directory; give a file name"
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            return f"{path} exists and is not a regular file (a FIFO, socket, device or broken link)"
+        if not os.access(path, os.W_OK):
+            return f"{path}: cannot write it (permission denied)"
+    return None
 
 
 def _check_creatable(p: argparse.ArgumentParser, option: str, directory: str) -> None:

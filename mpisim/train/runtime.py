@@ -171,6 +171,10 @@ class Paradigm:
     #                                             batch (given the paradigm's options); enables --per-rank-batch
     replicas: bool = False                      # every rank's eval_model() equals rank 0's after each epoch
     #                                             (--eval distributed then needs no broadcast of the model)
+    fault_steps: Callable[[Any, int, int], int] | None = None   # the most training steps (--inject-fault's
+    #                                             count) a rank takes in one epoch, given the options, N and the
+    #                                             global batches of an epoch; default: one per global batch, or
+    #                                             one per round
 
     @property
     def prog(self) -> str:
@@ -245,13 +249,47 @@ class Paradigm:
         return train
 
     def world_problem(self, train: TrainOptions, opts, N: int) -> str | None:
-        """Why these options cannot run on ``N`` ranks (the paradigm's ``check_world`` and the fault's rank)."""
+        """Why these options cannot run on ``N`` ranks (the paradigm's ``check_world`` and the fault's rank and
+        step)."""
         if train.inject_fault and train.inject_fault[0] >= N:
             return f"--inject-fault names rank {train.inject_fault[0]}, but the ranks are 0..{N - 1}"
         if train.per_rank_batch and self.workers and train.batchnorm and train.per_rank_batch * self.workers(opts, N) < 2:
             return (f"--batchnorm needs a global batch of at least 2, but --per-rank-batch {train.per_rank_batch} on "
                     f"{self.workers(opts, N)} worker makes {train.per_rank_batch * self.workers(opts, N)}")
-        return self.check_world(self.resolve(train, opts, N), opts, N) if self.check_world else None
+        problem = self.check_world(self.resolve(train, opts, N), opts, N) if self.check_world else None
+        return problem or self.fault_problem(self.resolve(train, opts, N), opts, N)
+
+    def fault_problem(self, train: TrainOptions, opts, N: int) -> str | None:
+        """Why ``--inject-fault``'s step can never be reached in this run, where the most steps a rank takes is
+        known before the data is loaded; None otherwise (the run then warns at its end if the fault never
+        fired)."""
+        fault = train.inject_fault
+        if not fault:
+            return None
+        epochs = min(train.epochs, train.stop_after or train.epochs)
+        span = f"{epochs} {self.unit}{'s' if epochs != 1 else ''}" + (
+            f" (--stop-after {train.stop_after})" if epochs < train.epochs else "")
+        if self.unit == "round":             # a federated run counts rounds: one a round on every rank
+            most, what, step = epochs, f"the run has {span}", "round"
+        else:
+            if not train.batch_size:
+                return None
+            from ..data.datasets import training_size
+            n = training_size(train.dataset, data_dir=train.data_dir, val_fraction=train.val_fraction,
+                              synthetic_size=train.synthetic_size)
+            if n is None:
+                return None
+            batches = -(-n // train.batch_size)
+            per = self.fault_steps(opts, N, batches) if self.fault_steps else batches
+            most = epochs * per
+            what = (f"rank {fault[0]} takes at most {most:,} training step{'s' if most != 1 else ''} in {span}, "
+                    f"{per:,} per {self.unit} ({n:,} training examples in {batches:,} global batch"
+                    f"{'es' if batches != 1 else ''} of {train.batch_size})")
+            step = "step"
+        if fault[1] <= most:
+            return None
+        return (f"--inject-fault {fault[0]}:{fault[1]}:{fault[2]} can never fire: {what}; name a {step} "
+                f"1..{most:,}")
 
     def main(self, argv=None) -> int:
         cfg = self.parse(argv)

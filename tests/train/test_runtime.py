@@ -469,12 +469,12 @@ def test_a_usage_error_under_mpiexec_is_said_once():
 
 
 @pytest.mark.parametrize("module, fault, what", [("localsgd", "1:1000:raise", "steps"), ("fedavg", "1:50:raise", "rounds")])
-def test_an_injected_fault_past_the_end_of_the_run_is_said_not_silent(module, fault, what, capsys):
+def test_an_injected_fault_past_the_end_of_the_run_is_refused(module, fault, what, capsys):
     main = importlib.import_module(f"mpisim.{module}").main
     extra = ["--rounds", "2", "--clients", "4", "--fraction", "0.5"] if module == "fedavg" else ["--epochs", "1"]
-    assert main(["--sim", "2", "--quiet", "--hidden", "8", *extra, "--inject-fault", fault]) == 0
-    err = capsys.readouterr().err
-    assert f"warning: --inject-fault {fault} never happened: rank 1 reached {what} 1.." in err
+    with pytest.raises(SystemExit) as e:
+        main(["--sim", "2", "--quiet", "--hidden", "8", *extra, "--inject-fault", fault])
+    assert e.value.code == 2 and f"--inject-fault {fault} can never fire" in capsys.readouterr().err
 
 
 
