@@ -238,6 +238,8 @@ def check(p: argparse.ArgumentParser, train, o: Options) -> None:
     if o.dp_noise and not NOISE_RANGE[0] <= o.dp_noise <= NOISE_RANGE[1]:
         p.error(f"--dp-noise must be 0 or between {NOISE_RANGE[0]:g} and {NOISE_RANGE[1]:g} (the range the privacy "
                 f"accountant computes), got {o.dp_noise:g}")
+    if o.plot_partition == "":
+        p.error("--plot-partition needs a file name")
     if o.plot_partition:
         if not o.plot_partition.lower().endswith(".png"):
             p.error(f"--plot-partition writes a PNG: give a file name ending in .png, not {o.plot_partition}")

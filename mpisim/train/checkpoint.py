@@ -23,6 +23,7 @@ import io
 import json
 import os
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
@@ -93,6 +94,8 @@ def save_checkpoint(directory: str | os.PathLike, arrays: dict[str, np.ndarray],
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, meta) from ``DIR/checkpoint.mpisim``; CheckpointError says what is wrong and where."""
     path = checkpoint_path(directory)
+    if path.exists() and not path.is_file():           # a FIFO would block the read
+        raise CheckpointError(f"{path} is not a regular file (a FIFO or a device?)")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -210,6 +213,10 @@ def lock_directory(directory: str | os.PathLike) -> DirectoryLock:
                 # so it runs unlocked (resuming a finished run from a read-only copy still works)
                 return DirectoryLock(d, None, False)
             raise CheckpointError(f"--checkpoint {directory}: cannot open the lock {path}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CheckpointError(f"--checkpoint {directory}: {path} is not a regular file (a FIFO or a device?): "
+                                  f"remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

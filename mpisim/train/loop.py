@@ -101,11 +101,22 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
             raise CheckpointError(f"{where} already holds a run: pass --resume to continue it, or choose "
                                   f"another --checkpoint directory")
         return RunState()
+    if where.exists() and not where.is_file():      # reading a FIFO would block until someone writes to it
+        raise CheckpointError(f"{where} is not a regular file (a FIFO, socket, device or directory): "
+                              f"not a checkpoint to resume")
     arrays, meta = load_checkpoint(args.checkpoint)
-    if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 0 or not isinstance(meta.get("config"), dict):
+    if (not isinstance(meta.get("epoch"), int) or isinstance(meta["epoch"], bool) or meta["epoch"] < 0
+            or not isinstance(meta.get("config"), dict)):
         raise CheckpointError(f"{where}: the metadata has no valid epoch and run options (a file from another tool?)")
+    history = meta.get("history", [])
+    why = history_problem(history, meta["epoch"])
+    if why:
+        raise CheckpointError(f"{where}: the metadata's history is malformed: {why} (a file from another tool, or "
+                              f"edited?)")
     # checkpoints from before --precision were fp32, and from before --lr-scaling unscaled
     saved = {"precision": "fp32", "lr_scaling": "none", **meta["config"]}
+    if saved.get("paradigm") == "fedavg":           # FedAvg checkpoints from before --aggregate averaged
+        saved.setdefault("aggregate", "mean")
     old_epochs = meta.get("epochs")
     if saved.get("schedule") == "cosine" and old_epochs is not None and old_epochs != args.epochs:
         raise CheckpointError(f"{where} was a run of {old_epochs} epochs with the cosine learning-rate schedule, whose learning "
@@ -125,16 +136,48 @@ def restore_state(args: TrainOptions, model: MLP, opt: Optimizer, config: dict,
         if a is None or a.shape != target.shape or a.dtype != target.dtype:
             got = "nothing" if a is None else f"{a.shape} {a.dtype}"
             raise CheckpointError(f"{where}: {name} should be {target.shape} {target.dtype}, found {got}")
-        target[...] = a
+    for k, a in arrays.items():           # a NaN loaded here would pass for a diverging run ("lower --lr")
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise CheckpointError(f"{where}: {k} holds non-finite values (NaN or inf): not a state to resume from")
+    for name, target in (("params", model.params), ("buffers", model.buffers)):
+        target[...] = arrays[name]
     scaler = opt.loss_scaler
     try:
         opt.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("opt.")})
         if scaler is not None:
             scaler.load_state_dict({k[7:]: v for k, v in arrays.items() if k.startswith("scaler.")})
-    except ValueError as e:
+    except (ValueError, TypeError) as e:            # TypeError: int() of an array that is not one number
         raise CheckpointError(f"{where}: {e}") from None
-    return RunState(start_epoch=meta["epoch"], history=list(meta.get("history", [])),
+    return RunState(start_epoch=meta["epoch"], history=list(history),
                     per_rank={k: v for k, v in arrays.items() if k.startswith("rank")})
+
+
+# the figures of a record that the resumed run reads back (curves, best accuracy): numbers or null
+_RECORD_FIGURES = ("loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds")
+
+
+def history_problem(history, epochs_done: int) -> str | None:
+    """What is wrong with a checkpoint's metrics history, or None: it must be a list of ``epochs_done`` JSON
+    objects, record i numbered i+1 by its ``epoch`` (or, for a federated run, ``round``) key, with numbers
+    (or null) for the figures a resumed run reads back."""
+    if not isinstance(history, list):
+        return f"expected a list of records, found {type(history).__name__}"
+    if len(history) != epochs_done:
+        return (f"it holds {len(history)} record{'' if len(history) == 1 else 's'}, but the checkpoint was saved "
+                f"after epoch (or round) {epochs_done}")
+    for i, rec in enumerate(history):
+        if not isinstance(rec, dict):
+            return f"record {i + 1} is {type(rec).__name__}, not an object"
+        unit = "epoch" if "epoch" in rec else "round"
+        n = rec.get(unit)
+        if not isinstance(n, int) or isinstance(n, bool) or n != i + 1:
+            return (f"record {i + 1} has no epoch or round number" if unit not in rec
+                    else f"record {i + 1} has {unit} {n!r}, expected {i + 1}")
+        for k in _RECORD_FIGURES:
+            v = rec.get(k)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                return f"record {i + 1} has {k} {v!r}, not a number"
+    return None
 
 
 # what sets the run-defining values that are not options of their own
