@@ -136,13 +136,17 @@ def test_sigterm_to_mpiexec_stops_the_job_like_ctrl_c(tmp_path):
 
 
 def wait_for_lines(proc: subprocess.Popen, text: str, count: int, timeout: float = 60) -> None:
-    seen, end = 0, time.monotonic() + timeout
+    """Wait until ``text`` has appeared ``count`` times on the process's stdout. Reads the pipe's bytes directly:
+    a buffered readline may take two lines at once, and select then never wakes for the second."""
+    got, end, fd = b"", time.monotonic() + timeout, proc.stdout.fileno()
+    seen = 0
     while seen < count and time.monotonic() < end:
-        if select.select([proc.stdout], [], [], 0.5)[0]:
-            line = proc.stdout.readline()
-            if not line:
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen += text in line
+            got += chunk
+            seen = got.decode(errors="replace").count(text)
     if seen < count:
         proc.kill()
         pytest.fail(f"only {seen} of {count} lines said {text!r}")
