@@ -32,13 +32,14 @@ HOLDER = textwrap.dedent("""
 
 def wait_for(proc: subprocess.Popen, text: str, timeout: float = 60) -> None:
     """Read ``proc``'s stdout until a line contains ``text``; fail (never hang) after ``timeout`` s."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if select.select([proc.stdout], [], [], 0.5)[0]:
-            line = proc.stdout.readline()
-            if text in line:
+    end, fd, got = time.monotonic() + timeout, proc.stdout.fileno(), b""
+    while time.monotonic() < end:               # the pipe's bytes, not buffered lines: select sees them all
+        if select.select([fd], [], [], 0.5)[0]:
+            chunk = os.read(fd, 65536)
+            got += chunk
+            if text in got.decode(errors="replace"):
                 return
-            if not line:
+            if not chunk:
                 break
     proc.kill()
     pytest.fail(f"the helper process never said {text!r} (exit status {proc.wait(timeout=10)})")
