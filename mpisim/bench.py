@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if have is not None and BUFFERS * args.max_size > have:   # not a MemoryError after the small sizes' sweep
         ap.error(f"--max-size {fmt_size(args.max_size)} needs about {BUFFERS} x that per rank, more than the "
                  f"{have / (1 << 30):.1f} GiB of memory available here")
-    from .train.options import output_file_problem, same_file
+    from .trace import output_file_problem
+    from .train.options import same_file
     for opt, path in (("--csv", args.csv), ("--save-table", args.save_table), ("--trace", args.trace),
                       ("--timeline", args.timeline)):
         if path == "":                       # never silently ignored

@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = ["COMPUTE", "COLLECTIVE", "MESSAGE", "Tracer", "TracedTransport", "category", "check_output", "span",
            "traced", "tracing", "totals_of", "BUS_FACTOR", "TOTAL_KEYS", "current", "finish", "gather_traces",
-           "chrome_trace", "clock_offsets", "events_of", "totals_from_doc"]
+           "chrome_trace", "clock_offsets", "events_of", "totals_from_doc", "output_file_problem"]
 
 COMPUTE, COLLECTIVE, MESSAGE = "compute", "collective", "message"     # the spans' "cat"
 _CATS = (COMPUTE, COLLECTIVE, MESSAGE)
@@ -573,20 +573,31 @@ def finish(tracer: Tracer, trace: str | None, timeline: str | None, *, title: st
 
 
 # -- for run_simulated and the bench --------------------------------------------------------------------
-def check_output(path: str, suffix: str, *, folder: bool = True) -> str | None:
-    """Why ``path`` cannot take a ``suffix`` file (.json, .png), or None: a directory, a wrong extension, an
-    existing file that is not a regular one or not writable, or (``folder``) a folder that is missing or
-    cannot be written in (the paradigms check and create their output folders themselves)."""
+def output_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written as a regular file (an empty name, a directory, an existing FIFO, socket
+    or device, which would block the run or swallow its output, or a file that cannot be written), or None.
+    The folder is not checked here."""
+    if not path:
+        return "needs a file name"
     if os.path.isdir(path):
         return f"{path} is a directory; give a file name"
-    if not path.lower().endswith(suffix):
-        return f"writes a {suffix[1:].upper()} file: give a name ending in {suffix}, not {path}"
     if os.path.lexists(path):
         if not os.path.isfile(path):
-            return f"{path} exists and is not a regular file"
+            return f"{path} exists and is not a regular file (a FIFO, socket, device or broken link)"
         if not os.access(path, os.W_OK):
-            return f"cannot write {path}"
-    if not folder:
+            return f"{path}: cannot write it (permission denied)"
+    return None
+
+
+def check_output(path: str, suffix: str, *, folder: bool = True) -> str | None:
+    """Why ``path`` cannot take a ``suffix`` file (.json, .png), or None: a wrong extension, what
+    :func:`output_file_problem` refuses, or (``folder``) a folder that is missing or cannot be written in (the
+    paradigms check and create their output folders themselves)."""
+    if not os.path.isdir(path) and not path.lower().endswith(suffix):
+        return f"writes a {suffix[1:].upper()} file: give a name ending in {suffix}, not {path}"
+    why = output_file_problem(path)
+    if why or not folder:
+        return why
         return None
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.exists(folder):

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from ..data import DATASETS
 from ..nn import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES, parse_hidden
 from ..nn.schedule import scaled_lr
+from ..trace import check_output, output_file_problem
 from ..nn.device import DEVICES, MATMUL_BACKENDS, DeviceUnavailable, make_device
 from ..nn.precision import PRECISIONS, gpu_half_dtype
 
 __all__ = ["LR_SCALINGS", "Parser", "scaled_lr", "add_training_args", "check_training_args", "check_checkpoint_dir",
-           "output_file_problem", "prepare_output_file", "run_config", "RESUMABLE_CHANGES", "TrainOptions", "options_from"]
+           "prepare_output_file", "run_config", "RESUMABLE_CHANGES", "TrainOptions", "options_from"]
 
 # options that may differ between a run and its --resume (everything else must match)
 RESUMABLE_CHANGES = ("epochs", "metrics", "plot", "checkpoint", "resume", "stop_after", "quiet", "data_dir",
@@ -256,7 +257,6 @@ def check_training_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
         p.error("--data-dir needs a directory name")
     if args.plot and not args.plot.lower().endswith(".png"):
         p.error(f"--plot writes a PNG: give a file name ending in .png, not {args.plot}")
-    from ..trace import check_output
     for name, suffix in (("trace", ".json"), ("timeline", ".png")):
         path = getattr(args, name)
         why = path and check_output(path, suffix, folder=False)   # the folder: prepare_output_file, below
@@ -312,22 +312,6 @@ def prepare_output_file(p: argparse.ArgumentParser, option: str, path: str) -> N
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         p.error(f"{option} {path}: cannot create {parent}: {e.strerror or e}")
-
-
-def output_file_problem(path: str) -> str | None:
-    """Why ``path`` cannot be written as a regular file (an empty name, a directory, an existing FIFO, socket
-    or device, which would block the run or swallow its output, or a file that cannot be written), or None.
-    The folder is not checked here."""
-    if not path:
-        return "needs a file name"
-    if os.path.isdir(path):
-        return f"{path} is a directory; give a file name"
-    if os.path.lexists(path):
-        if not os.path.isfile(path):
-            return f"{path} exists and is not a regular file (a FIFO, socket, device or broken link)"
-        if not os.access(path, os.W_OK):
-            return f"{path}: cannot write it (permission denied)"
-    return None
 
 
 def _check_creatable(p: argparse.ArgumentParser, option: str, directory: str) -> None:
