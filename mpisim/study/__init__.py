@@ -203,22 +203,27 @@ def read_records(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _parsed(paradigm: str, args: list[str], extra: list[str] = ()):
+    """The paradigm's module and its parsed command line ``args + extra``; a usage error is a StudyError
+    naming the command (without ``extra``, the study's own output options)."""
+    mod = importlib.import_module(f"mpisim.{paradigm}")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return mod, mod.PARADIGM.parse([*args, *extra])
+    except SystemExit:
+        raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)}: {err.getvalue().strip()}") from None
+
+
 def simulate(study: Study, paradigm: str, args: list[str], *, tag: str, trace: bool = False) -> dict:
     """Run ``python -m mpisim.<paradigm> ARGS`` in this process (``--sim N`` or a one-process trainer), quietly;
     returns {"records": per-epoch records, "result": rank 0's result (the model, the closing table...),
     "trace": per-rank totals from the trace when ``trace``}. A failure is a :class:`StudyError`."""
     from ..comm import RankError
     from ..train.distributed import run_in_process
-    mod = importlib.import_module(f"mpisim.{paradigm}")
     metrics = study.path(f"{tag}.jsonl")
     extra = ["--metrics", metrics, "--quiet"] + (["--trace", study.path(f"{tag}.json")] if trace else [])
-    argv = [*args, *extra]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            cfg = mod.PARADIGM.parse(argv)
-    except SystemExit:
-        raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)}: {err.getvalue().strip()}") from None
+    mod, cfg = _parsed(paradigm, args, extra)
     try:
         with threadpool_limits(limits=1):      # one BLAS thread, as each MPI rank of the studies has
             result = run_in_process(cfg.train, mod.PARADIGM.run_rank, cfg, local=not cfg.train.sim)[0]
@@ -239,13 +244,7 @@ def shape(paradigm: str, args: list[str]) -> dict:
     """What a run of ``python -m mpisim.<paradigm> ARGS`` trains on, without training: the training and test
     set sizes and the model (its description and parameter count)."""
     from ..train.loop import build_dataset, build_model
-    mod = importlib.import_module(f"mpisim.{paradigm}")
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            tr = mod.PARADIGM.parse(args).train
-    except SystemExit:
-        raise StudyError(f"python -m mpisim.{paradigm} {shlex.join(args)}: {err.getvalue().strip()}") from None
+    tr = _parsed(paradigm, args)[1].train
     ds = build_dataset(tr)
     model = build_model(tr, ds)
     return {"num_train": ds.num_train, "num_test": len(ds.y_test), "params": model.num_params,
